@@ -1,0 +1,52 @@
+"""The ``smml`` command. Each subcommand lives in the module that does the work.
+
+    smml doctor            what this machine has, with a verdict and a fix per line
+    smml labs              run every lab headlessly and write the HTML report (the main job)
+    smml kernel            register the Jupyter kernel "smml" for this environment
+    smml tiny              build (or locate) the offline tiny Llama
+
+A module joins the CLI by defining ``cli(argv: list[str]) -> int`` and one entry in ``COMMANDS``.
+Modules are imported only when their command runs, so ``smml --help`` is instant.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "doctor": ("smml_lib.doctor", "check this machine before a workshop (versions, GPUs, tokens, disk)"),
+    "labs": ("smml_lib.labs", "run every lab notebook headlessly and write a browsable HTML report"),
+    "kernel": ("smml_lib.kernel", "register the Jupyter kernel 'smml' for this environment"),
+    "tiny": ("smml_lib.tiny", "build or locate the offline tiny Llama checkpoint"),
+}
+
+
+def usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = ["usage: smml <command> [options]   (smml <command> --help for its options)", "", "commands:"]
+    lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    if argv[0] in ("-V", "--version"):
+        from smml_lib import __version__
+
+        print(__version__)
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"smml: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[name][0])
+    return int(module.cli(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,156 @@
+"""Time text generation the way users feel it: time to first token, time per output token, tokens/s.
+
+Generation has two phases with very different costs:
+
+- **prefill**: the whole prompt goes through the model in one forward pass (many tokens, big
+  matmuls) and yields the first new token. Its duration is the *time to first token* (TTFT).
+- **decode**: one forward pass per new token, each reading every weight again but doing little math
+  per byte. The median step is the *time per output token* (TPOT); ``batch_size / TPOT`` is the decode
+  throughput in tokens/s.
+
+``timed_generate`` writes the greedy decoding loop out by hand (prefill, then one step at a time with
+the KV cache, or re-running the whole sequence without it) so each phase is visible and timed on its
+own, synchronizing the GPU after every step. ``measure_generation`` repeats it and returns a DataFrame.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+DEFAULT_PROMPT = "A language model reads text as a sequence of tokens and"
+
+
+@dataclass
+class GenerationTiming:
+    """One timed generation. Times in seconds; ``decode_step_s`` has one entry per token after the first."""
+
+    batch_size: int
+    prompt_tokens: int
+    new_tokens: int
+    use_cache: bool
+    ttft_s: float
+    decode_step_s: list[float] = field(default_factory=list)
+    total_s: float = 0.0
+    text: str = ""
+
+    @property
+    def tpot_s(self) -> float:
+        """Median time per output token during decode (NaN when only one token was generated)."""
+        return float(np.median(self.decode_step_s)) if self.decode_step_s else float("nan")
+
+    @property
+    def decode_tokens_per_s(self) -> float:
+        """Tokens per second produced during decode, over the whole batch."""
+        return self.batch_size / self.tpot_s if self.decode_step_s else float("nan")
+
+    @property
+    def e2e_tokens_per_s(self) -> float:
+        """New tokens per second end to end (prefill included), over the whole batch."""
+        return self.batch_size * self.new_tokens / self.total_s
+
+    @property
+    def prefill_tokens_per_s(self) -> float:
+        return self.batch_size * self.prompt_tokens / self.ttft_s
+
+    def row(self) -> dict[str, Any]:
+        return {"batch_size": self.batch_size, "prompt_tokens": self.prompt_tokens, "new_tokens": self.new_tokens,
+                "use_cache": self.use_cache, "ttft_s": self.ttft_s, "tpot_s": self.tpot_s, "total_s": self.total_s,
+                "prefill_tokens_per_s": self.prefill_tokens_per_s, "decode_tokens_per_s": self.decode_tokens_per_s,
+                "e2e_tokens_per_s": self.e2e_tokens_per_s}
+
+
+def _sync(device: Any) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def model_device(model: Any) -> "Any":
+    """The device of the model's input embeddings (where input ids must go)."""
+    return model.get_input_embeddings().weight.device
+
+
+def prompt_ids(tokenizer: Any, prompt: str = DEFAULT_PROMPT, *, batch_size: int = 1, prompt_tokens: int | None = None,
+               device: Any = "cpu") -> "Any":
+    """Token ids of shape (batch_size, T) for ``prompt``, repeated to ``batch_size`` rows.
+
+    With ``prompt_tokens`` the prompt is repeated/cut to exactly that many tokens, so experiments can
+    set the prefill length precisely. Identical rows need no padding.
+    """
+    import torch
+
+    ids = tokenizer(prompt, return_tensors="pt").input_ids[0]
+    if prompt_tokens is not None:
+        body = ids[1:] if len(ids) > 1 else ids  # keep BOS once at the front
+        reps = -(-max(prompt_tokens - 1, 1) // len(body))
+        ids = torch.cat([ids[:1], body.repeat(reps)])[:prompt_tokens]
+    return ids.unsqueeze(0).repeat(batch_size, 1).to(device)
+
+
+def timed_generate(model: Any, tokenizer: Any, prompt: str = DEFAULT_PROMPT, *, max_new_tokens: int = 32,
+                   batch_size: int = 1, prompt_tokens: int | None = None, use_cache: bool = True) -> GenerationTiming:
+    """Greedy generation written out step by step, timing prefill (TTFT) and every decode step.
+
+    Args:
+        model, tokenizer: as returned by ``smml_lib.models.load_llama``.
+        prompt: text prompt (repeated for every row of the batch).
+        max_new_tokens: tokens to generate (exactly this many: no early stop at end-of-text).
+        batch_size: sequences decoded together.
+        prompt_tokens: force the prompt to exactly this many tokens (see ``prompt_ids``).
+        use_cache: keep keys/values of past tokens (KV cache); False re-runs the whole sequence each step.
+    """
+    import torch
+
+    dev = model_device(model)
+    ids = prompt_ids(tokenizer, prompt, batch_size=batch_size, prompt_tokens=prompt_tokens, device=dev)
+    steps: list[float] = []
+    generated = []
+    with torch.inference_mode():
+        _sync(dev)
+        t0 = time.perf_counter()
+        out = model(input_ids=ids, use_cache=use_cache)
+        nxt = out.logits[:, -1, :].argmax(dim=-1, keepdim=True)
+        _sync(dev)
+        ttft = time.perf_counter() - t0
+        generated.append(nxt)
+        past = out.past_key_values if use_cache else None
+        seq = ids
+        for _ in range(max_new_tokens - 1):
+            t = time.perf_counter()
+            if use_cache:
+                out = model(input_ids=nxt, past_key_values=past, use_cache=True)
+                past = out.past_key_values
+            else:
+                seq = torch.cat([seq, nxt], dim=1)
+                out = model(input_ids=seq, use_cache=False)
+            nxt = out.logits[:, -1, :].argmax(dim=-1, keepdim=True)
+            _sync(dev)
+            steps.append(time.perf_counter() - t)
+            generated.append(nxt)
+        total = time.perf_counter() - t0
+    new = torch.cat(generated, dim=1)
+    text = tokenizer.decode(new[0], skip_special_tokens=True)
+    return GenerationTiming(batch_size, ids.shape[1], new.shape[1], use_cache, ttft, steps, total, text)
+
+
+def measure_generation(model: Any, tokenizer: Any, prompt: str = DEFAULT_PROMPT, *, repeats: int = 3,
+                       warmup: int = 1, **kwargs: Any) -> "Any":
+    """Run ``timed_generate`` ``warmup`` + ``repeats`` times; DataFrame with one row per timed repeat.
+
+    Take the median of each column: the first run in a process pays one-off costs (memory allocation,
+    kernel selection) that the warm-up absorbs.
+    """
+    import pandas as pd
+
+    for _ in range(warmup):
+        timed_generate(model, tokenizer, prompt, **kwargs)
+    rows = []
+    for i in range(repeats):
+        r = timed_generate(model, tokenizer, prompt, **kwargs)
+        rows.append({"repeat": i, **r.row()})
+    return pd.DataFrame(rows)
