@@ -4,6 +4,7 @@
     smml labs              run every lab headlessly and write the HTML report (the main job)
     smml kernel            register the Jupyter kernel "smml" for this environment
     smml tiny              build (or locate) the offline tiny Llama
+    smml bench NAME        a benchmark that prints the figure an issue asks for
 
 A module joins the CLI by defining ``cli(argv: list[str]) -> int`` and one entry in ``COMMANDS``.
 Modules are imported only when their command runs, so ``smml --help`` is instant.
@@ -20,6 +21,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "labs": ("smml_lib.labs", "run every lab notebook headlessly and write a browsable HTML report"),
     "kernel": ("smml_lib.kernel", "register the Jupyter kernel 'smml' for this environment"),
     "tiny": ("smml_lib.tiny", "build or locate the offline tiny Llama checkpoint"),
+    "bench": ("smml_lib.benchmarks", "run a benchmark that prints a target figure (smml bench --list)"),
+    "launch": ("smml_lib.launcher", "run a worker module under torchrun and collect per-rank results"),
+    "cluster": ("smml_lib.cluster", "a real two-node Slurm cluster on this machine: up | status | down"),
+    "serve": ("smml_lib.serving", "an OpenAI-compatible completion server over a Llama (tiny or real)"),
+    "loadtest": ("smml_lib.loadgen", "a concurrency sweep against any OpenAI-compatible server"),
+    "prices": ("smml_lib.cost", "instance prices: live from AWS when credentials exist, else the snapshot"),
+    "diagrams": ("smml_lib.diagrams", "regenerate the course diagrams in assets/ from their source"),
 }
 
 

@@ -180,11 +180,11 @@ def load_llama(model_id: str = "tiny", *, dtype: Any = "auto", device: Any = "au
     Returns:
         ``(model, tokenizer)``; the tokenizer pads on the left (right for training is up to you).
     """
+    path, kind = resolve_checkpoint(model_id, token=token, revision=revision, timeout_s=timeout_s)
+    check_llama_folder(path)  # fail before the heavy imports below
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    path, kind = resolve_checkpoint(model_id, token=token, revision=revision, timeout_s=timeout_s)
-    check_llama_folder(path)
     torch_dtype = resolve_dtype(dtype, device)
     kwargs: dict[str, Any] = {"dtype": torch_dtype}
     if attn_implementation:

@@ -1,0 +1,38 @@
+"""Benchmarks: scripts that print the figures the course promises (not timed unit tests).
+
+Each module here has ``main(argv) -> int`` and a docstring whose first line says what it measures.
+Run one with ``smml bench NAME`` (or ``python -m smml_lib.benchmarks.NAME``); ``smml bench --list``
+lists them. A benchmark prints its figures, the target, and PASS / MISS, and exits 0 either way
+unless it could not measure at all: targets are evidence for a human, not a flaky gate.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+
+
+def available() -> dict[str, str]:
+    """Benchmark name -> first docstring line."""
+    out = {}
+    for info in pkgutil.iter_modules(__path__):
+        if info.name.startswith("_"):
+            continue
+        mod = importlib.import_module(f"{__name__}.{info.name}")
+        out[info.name] = (mod.__doc__ or "").strip().splitlines()[0] if mod.__doc__ else ""
+    return out
+
+
+def cli(argv: list[str]) -> int:
+    if not argv or argv[0] in ("--list", "-l", "-h", "--help"):
+        print("usage: smml bench NAME [options]\n\nbenchmarks:")
+        for name, doc in available().items():
+            print(f"  {name:<22} {doc}")
+        return 0
+    name = argv[0].replace("-", "_")
+    try:
+        mod = importlib.import_module(f"{__name__}.{name}")
+    except ModuleNotFoundError:
+        print(f"smml bench: no benchmark {argv[0]!r}; smml bench --list shows them")
+        return 2
+    return int(mod.main(argv[1:]) or 0)
