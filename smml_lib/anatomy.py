@@ -161,3 +161,13 @@ def forward_flops_per_token(config: Any, context_len: int = 0) -> float:
     df = param_counts(config).set_index("component")["params"]
     matmul_params = df["attention"] + df["mlp"] + k["V"] * k["d"]  # the head multiplies even when tied
     return 2.0 * matmul_params + 4.0 * k["L"] * context_len * k["h"] * k["hd"]
+
+
+def compare_param_counts(config: Any, model: Any) -> "Any":
+    """Predicted (from the config) vs measured (from the model's tensors) parameters per component."""
+    pred = param_counts(config).set_index("component")["params"].rename("predicted")
+    meas = measured_param_counts(model).set_index("component")["params"].rename("measured")
+    df = pred.to_frame().join(meas, how="outer").fillna(0).astype("int64")
+    df.loc["total"] = df.sum()
+    df["difference"] = df["measured"] - df["predicted"]
+    return df.reset_index()

@@ -33,16 +33,67 @@ def show(text: str, *, html: str | None = None, markdown: str | None = None, dat
     display(bundle, raw=True)
 
 
-def show_frame(df: Any, caption: str | None = None, float_format: str = "{:,.4g}") -> None:
-    """Display a DataFrame with readable numbers (4 significant digits) and an optional caption."""
+def format_number(value: Any) -> str:
+    """Readable numbers: integers with thousands separators, floats with 4 significant digits."""
+    if isinstance(value, bool) or value is None:
+        return str(value)
+    try:
+        import numpy as np
+
+        if isinstance(value, (int, np.integer)):
+            return f"{int(value):,}"
+        v = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    if v != v:  # NaN
+        return "-"
+    if v == int(v) and abs(v) < 1e15:
+        return f"{int(v):,}"
+    if abs(v) >= 1e4:
+        return f"{v:,.0f}"
+    return f"{v:.4g}"
+
+
+def show_frame(df: Any, caption: str | None = None, float_format: Any = None) -> None:
+    """Display a DataFrame with readable numbers and an optional caption (a plain table outside notebooks).
+
+    ``float_format`` (a format string or callable) overrides the default ``format_number``.
+    """
+    fmt = float_format or format_number
     if not in_notebook():
         if caption:
             print(caption)
-        print(df.to_string())
+        print(df.to_string(formatters={c: (fmt.format if isinstance(fmt, str) else fmt)
+                                       for c in df.select_dtypes("number").columns}))
         return
     from IPython.display import display
 
-    styler = df.style.format(float_format, subset=df.select_dtypes("number").columns).hide(axis="index")
+    styler = df.style.format(fmt, subset=df.select_dtypes("number").columns).hide(axis="index")
     if caption:
         styler = styler.set_caption(caption)
     display(styler)
+
+
+class QuietFloat(float):
+    """A float that does not echo itself as a notebook cell's last value (it was already shown)."""
+
+    def _ipython_display_(self) -> None:
+        pass
+
+
+class QuietInt(int):
+    """An int that does not echo itself as a notebook cell's last value (it was already shown)."""
+
+    def _ipython_display_(self) -> None:
+        pass
+
+
+def quiet(value: Any) -> Any:
+    """Wrap a number so that ending a cell with it does not print it a second time."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return QuietInt(value)
+    if isinstance(value, float):
+        return QuietFloat(value)
+    return value

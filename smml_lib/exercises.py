@@ -37,6 +37,9 @@ class ExerciseResult:
     def ok(self) -> bool:
         return self.status == "correct"
 
+    def _ipython_display_(self) -> None:
+        """Already shown when checked: ending a cell with the result does not print it again."""
+
 
 def _report(exercise: str, status: str, message: str) -> ExerciseResult:
     mark = {"correct": "✓", "incorrect": "✗", "unanswered": "…"}[status]

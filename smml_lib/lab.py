@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from smml_lib import __version__
-from smml_lib.display import show
+from smml_lib.display import quiet, show
 
 MODES = ("auto", "real", "smoke")
 KEY_FIGURE_MIME = "application/vnd.smml.keyfigure+json"
@@ -76,7 +76,10 @@ class Lab:
         return "tiny" if self.smoke else real_model
 
     def record(self, name: str, value: Any, unit: str = "", note: str = "") -> Any:
-        """Record a key figure: shown here, collected into the main job's report. Returns ``value``."""
+        """Record a key figure: shown here, collected into the main job's report. Returns ``value``.
+
+        The returned number does not echo again when it ends a cell (it was just shown).
+        """
         fig = {"name": name, "value": value, "unit": unit, "note": note, "lab": self.name, "mode": self.mode}
         self.figures[name] = fig
         shown = f"{value:,.4g}" if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
@@ -85,7 +88,7 @@ class Lab:
              + (f" <i>({html.escape(note)})</i>" if note else ""),
              data={KEY_FIGURE_MIME: {k: (v if isinstance(v, (int, float, str, bool)) else str(v))
                                      for k, v in fig.items()}})
-        return value
+        return quiet(value)
 
     def save(self, name: str, data: Any, **meta: Any) -> Any:
         """Save a result table for later labs (see ``smml_lib.results``). Returns the path."""
