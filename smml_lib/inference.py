@@ -36,6 +36,7 @@ class GenerationTiming:
     decode_step_s: list[float] = field(default_factory=list)
     total_s: float = 0.0
     text: str = ""
+    token_ids: list[int] = field(default_factory=list)  # generated ids of the first sequence
 
     @property
     def tpot_s(self) -> float:
@@ -135,7 +136,8 @@ def timed_generate(model: Any, tokenizer: Any, prompt: str = DEFAULT_PROMPT, *, 
         total = time.perf_counter() - t0
     new = torch.cat(generated, dim=1)
     text = tokenizer.decode(new[0], skip_special_tokens=True)
-    return GenerationTiming(batch_size, ids.shape[1], new.shape[1], use_cache, ttft, steps, total, text)
+    return GenerationTiming(batch_size, ids.shape[1], new.shape[1], use_cache, ttft, steps, total, text,
+                            new[0].tolist())
 
 
 def measure_generation(model: Any, tokenizer: Any, prompt: str = DEFAULT_PROMPT, *, repeats: int = 3,
@@ -154,3 +156,38 @@ def measure_generation(model: Any, tokenizer: Any, prompt: str = DEFAULT_PROMPT,
         r = timed_generate(model, tokenizer, prompt, **kwargs)
         rows.append({"repeat": i, **r.row()})
     return pd.DataFrame(rows)
+
+
+def sweep_generation(model: Any, tokenizer: Any, vary: str, values: list[Any], *, repeats: int = 2,
+                     warmup: int = 1, **kwargs: Any) -> "Any":
+    """Median generation metrics for each value of one knob (``prompt_tokens``, ``batch_size``, ``use_cache``...).
+
+    Returns a DataFrame with one row per value: the medians of ``measure_generation``'s columns.
+    """
+    import pandas as pd
+
+    rows = []
+    for value in values:
+        df = measure_generation(model, tokenizer, repeats=repeats, warmup=warmup, **{**kwargs, vary: value})
+        med = df.drop(columns=["repeat"]).median(numeric_only=True).to_dict()
+        rows.append({vary: value, **{k: v for k, v in med.items() if k != vary}})
+    return pd.DataFrame(rows)
+
+
+def reference_tokens(model: Any, tokenizer: Any, prompt: str = DEFAULT_PROMPT, *, max_new_tokens: int = 32,
+                     prompt_tokens: int | None = None) -> list[int]:
+    """Greedy tokens from Hugging Face's ``generate`` (no early stop), to check a hand-written loop against."""
+    import torch
+
+    ids = prompt_ids(tokenizer, prompt, prompt_tokens=prompt_tokens, device=model_device(model))
+    with torch.inference_mode():
+        out = model.generate(ids, max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens, do_sample=False,
+                             pad_token_id=tokenizer.pad_token_id)
+    return out[0, ids.shape[1]:].tolist()
+
+
+def generated_tokens(model: Any, tokenizer: Any, prompt: str = DEFAULT_PROMPT, *, max_new_tokens: int = 32,
+                     prompt_tokens: int | None = None, use_cache: bool = True) -> list[int]:
+    """Greedy tokens from ``timed_generate``'s hand-written loop (same loop, token ids instead of timings)."""
+    return timed_generate(model, tokenizer, prompt, max_new_tokens=max_new_tokens, prompt_tokens=prompt_tokens,
+                          use_cache=use_cache).token_ids

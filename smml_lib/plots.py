@@ -67,6 +67,22 @@ def _series(ax: Any, df: Any, x: str, y: str, hue: str | None, marker: str, labe
         ax.plot(part[x], part[y], marker=marker, label=f"{hue}={key}" if not isinstance(key, str) else key)
 
 
+def log_axis_with_data_ticks(ax: Any, values: Any, axis: str = "x") -> None:
+    """Log scale whose tick labels are the plotted values themselves (16, 64, 256), not 2x10^1."""
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+    ticks = sorted({float(v) for v in values if v and v > 0})
+    set_scale, set_ticks, ax_obj = ((ax.set_xscale, ax.set_xticks, ax.xaxis) if axis == "x"
+                                    else (ax.set_yscale, ax.set_yticks, ax.yaxis))
+    set_scale("log")
+    if 0 < len(ticks) <= 12:
+        set_ticks(ticks)
+        fmt = ScalarFormatter()
+        fmt.set_scientific(False)
+        ax_obj.set_major_formatter(fmt)
+        ax_obj.set_minor_formatter(NullFormatter())
+
+
 def line(df: Any, x: str, y: str | Sequence[str], *, hue: str | None = None, title: str | None = None,
          xlabel: str | None = None, ylabel: str | None = None, logx: bool = False, logy: bool = False,
          name: str | None = None, ax: Any = None, marker: str = "o", caption: str | None = None) -> Any:
@@ -78,7 +94,7 @@ def line(df: Any, x: str, y: str | Sequence[str], *, hue: str | None = None, tit
     ax.set_xlabel(xlabel or x)
     ax.set_ylabel(ylabel or (y if isinstance(y, str) else ""))
     if logx:
-        ax.set_xscale("log")
+        log_axis_with_data_ticks(ax, df[x])
     if logy:
         ax.set_yscale("log")
     if hue is not None or not isinstance(y, str):
