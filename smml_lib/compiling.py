@@ -93,3 +93,44 @@ def reset() -> None:
     import torch
 
     torch._dynamo.reset()
+
+
+# A memory-bound chain of 7 elementwise operations, for the fusion demo. In eager mode each operation is
+# its own kernel that reads its inputs from memory and writes its output back: 9 tensor reads + 7 writes =
+# 16 passes over memory. Fused into one kernel: read x once, write the result once = 2 passes.
+CHAIN_EAGER_PASSES = 16
+CHAIN_FUSED_PASSES = 2
+
+
+def elementwise_chain(x: "Any") -> "Any":
+    """gelu(1.5x + 0.5) * sigmoid(x) - x/3, written as 7 separate elementwise operations."""
+    import torch
+
+    a = x * 1.5
+    b = a + 0.5
+    c = torch.nn.functional.gelu(b)
+    d = torch.sigmoid(x)
+    return c * d - x / 3
+
+
+def recompile_demo(fn: Callable[..., Any], sizes: list[int], device: Any = None) -> "Any":
+    """Call ``torch.compile(fn)`` on 1-D inputs of several sizes; time each call and count compiled graphs.
+
+    The first size compiles a graph specialised to that shape; calling it again is fast. A new size fails
+    the shape guard and recompiles, this time with a *dynamic* size, so a third size reuses that graph.
+    """
+    import pandas as pd
+    import torch
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    compiled = torch.compile(fn)
+    rows = []
+    for i, n in enumerate(sizes):
+        x = torch.randn(n, device=device)
+        before = counters["stats"]["unique_graphs"]
+        with stopwatch(device) as sw:
+            compiled(x)
+        rows.append({"call": i + 1, "size": n, "time_s": sw.elapsed_s,
+                     "new_graph_compiled": counters["stats"]["unique_graphs"] > before})
+    return pd.DataFrame(rows)

@@ -47,6 +47,8 @@ def format_number(value: Any) -> str:
         return str(value)
     if v != v:  # NaN
         return "-"
+    if v in (float("inf"), float("-inf")):
+        return "∞" if v > 0 else "-∞"
     if v == int(v) and abs(v) < 1e15:
         return f"{int(v):,}"
     if abs(v) >= 1e4:
