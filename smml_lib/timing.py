@@ -7,9 +7,11 @@ not how fast the GPU does it: CUDA launches are asynchronous. This harness does 
   synchronize at the end. Before each call (outside the events) a buffer of at least twice the L2
   cache is overwritten, so every iteration starts with cold caches, as a real model's layers do.
 - **CPU**: ``time.perf_counter`` around each call, with the garbage collector paused.
-- **Both**: warm-up calls first (kernel selection, allocator growth, lazy initialisation), then many
-  timed calls; the result keeps every sample plus median, mean, p10/p90 and spread, and the
-  environment (device, driver, versions, clocks) it was measured in.
+- **Both**: warm-up calls first (kernel selection, allocator growth, lazy initialisation), each timed
+  on its own; unless ``iters`` is given, the number of timed calls is chosen from the *steady* warm-up
+  calls (the first one pays one-off costs) to fill about ``target_s`` seconds. The result keeps every
+  sample plus median, mean, p10/p90 and spread, and the environment (device, driver, torch/CUDA
+  versions, dtype, SM/memory clocks from NVML) it was measured in.
 
 Report the median: it ignores the odd slow iteration (a context switch, a clock ramp) that
 drags a mean. Quote p10-p90 as the spread; when two versions differ by less than that, the
@@ -25,7 +27,7 @@ from __future__ import annotations
 
 import gc
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterator
 
@@ -46,6 +48,7 @@ class Timing:
     warmup: int
     l2_flush_bytes: int = 0
     env: dict[str, Any] = field(default_factory=dict)
+    warmup_s: list[float] = field(default_factory=list)  # each warm-up call, synchronized (first = cold)
 
     @property
     def iters(self) -> int:
@@ -123,9 +126,40 @@ def l2_flush_bytes(device: Any) -> int:
 
 
 def _pick_iters(one_call_s: float, target_s: float, min_iters: int, max_iters: int) -> int:
+    """Timed calls needed to fill ``target_s`` at ``one_call_s`` per call, clamped to ``min_iters..max_iters``."""
     if one_call_s <= 0:
         return max_iters
     return int(min(max_iters, max(min_iters, round(target_s / one_call_s))))
+
+
+def steady_call_s(warmup_s: list[float]) -> float:
+    """Estimate of one steady-state call from the warm-up call times.
+
+    The first call usually pays one-off costs (cuBLAS heuristics, allocator growth, lazy imports), so it
+    is dropped when there are later ones; the median of the rest ignores an odd slow call.
+    """
+    if not warmup_s:
+        return 0.0
+    rest = warmup_s[1:] if len(warmup_s) > 1 else warmup_s
+    return float(np.median(rest))
+
+
+def _flush_buffer(dev: Any) -> Any:
+    """An int8 buffer of at least twice the L2 cache of CUDA device ``dev`` (overwritten before each call)."""
+    import torch
+
+    return torch.empty(l2_flush_bytes(dev), dtype=torch.int8, device=dev)
+
+
+def _dtype_of(args: tuple, dtype: Any) -> Any:
+    if dtype is not None:
+        return dtype
+    import torch
+
+    for a in args:
+        if isinstance(a, torch.Tensor):
+            return a.dtype
+    return None
 
 
 def benchmark(
@@ -147,55 +181,62 @@ def benchmark(
     Args:
         fn: the work to time. It must do the same work on every call.
         iters: timed calls; ``None`` picks enough to fill about ``target_s`` seconds (within
-            ``min_iters``..``max_iters``) from the warm-up's duration.
+            ``min_iters``..``max_iters``) from the steady warm-up calls (see ``steady_call_s``).
         warmup: untimed calls first (at least 1).
         device: where the work runs; default: the device of the first tensor argument, else CPU.
         flush_l2: on CUDA, overwrite a buffer of at least twice the L2 cache before each call.
         label: a name for the result (shown in tables and plots).
-        dtype: recorded in the environment.
+        dtype: recorded in the environment (default: the dtype of the first tensor argument).
+
+    On CUDA the events are recorded on the current stream of ``device``; work that ``fn`` puts on other
+    streams must be joined to it inside ``fn``.
     """
     import torch
 
+    if iters is not None and iters < 1:
+        raise ValueError(f"iters={iters}: need at least one timed call (or None to choose automatically)")
     dev = _device_of(args, device)
     warmup = max(1, warmup)
     on_cuda = dev.type == "cuda"
-    flush_buf = None
-    if on_cuda and flush_l2:
-        flush_buf = torch.empty(l2_flush_bytes(dev), dtype=torch.int8, device=dev)
+    dtype = _dtype_of(args, dtype)
+    with torch.cuda.device(dev) if on_cuda else nullcontext():
+        flush_buf = _flush_buffer(dev) if on_cuda and flush_l2 else None
 
-    # Warm-up, timed coarsely to choose the iteration count.
-    if on_cuda:
-        torch.cuda.synchronize(dev)
-    t0 = time.perf_counter()
-    for _ in range(warmup):
-        fn(*args, **kwargs)
-    if on_cuda:
-        torch.cuda.synchronize(dev)
-    n = iters if iters is not None else _pick_iters((time.perf_counter() - t0) / warmup, target_s, min_iters, max_iters)
+        # Warm-up, each call timed on its own (synchronized) to choose the iteration count.
+        warm_s: list[float] = []
+        for _ in range(warmup):
+            if on_cuda:
+                torch.cuda.synchronize(dev)
+            t0 = time.perf_counter()
+            fn(*args, **kwargs)
+            if on_cuda:
+                torch.cuda.synchronize(dev)
+            warm_s.append(time.perf_counter() - t0)
+        n = iters if iters is not None else _pick_iters(steady_call_s(warm_s), target_s, min_iters, max_iters)
 
-    samples: list[float] = []
-    gc_was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        if on_cuda:
-            starts = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
-            ends = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
-            for i in range(n):
-                if flush_buf is not None:
-                    flush_buf.zero_()  # evict L2: the next call reads its inputs from memory
-                starts[i].record()
-                fn(*args, **kwargs)
-                ends[i].record()
-            torch.cuda.synchronize(dev)
-            samples = [s.elapsed_time(e) / 1e3 for s, e in zip(starts, ends)]
-        else:
-            for _ in range(n):
-                t = time.perf_counter()
-                fn(*args, **kwargs)
-                samples.append(time.perf_counter() - t)
-    finally:
-        if gc_was_enabled:
-            gc.enable()
+        samples: list[float] = []
+        gc_was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            if on_cuda:
+                starts = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
+                ends = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
+                for i in range(n):
+                    if flush_buf is not None:
+                        flush_buf.zero_()  # evict L2: the next call reads its inputs from memory
+                    starts[i].record()
+                    fn(*args, **kwargs)
+                    ends[i].record()
+                torch.cuda.synchronize(dev)
+                samples = [s.elapsed_time(e) / 1e3 for s, e in zip(starts, ends)]  # ms -> s
+            else:
+                for _ in range(n):
+                    t = time.perf_counter()
+                    fn(*args, **kwargs)
+                    samples.append(time.perf_counter() - t)
+        finally:
+            if gc_was_enabled:
+                gc.enable()
     return Timing(
         label=label or getattr(fn, "__name__", "fn"),
         samples_s=samples,
@@ -203,6 +244,7 @@ def benchmark(
         warmup=warmup,
         l2_flush_bytes=flush_buf.numel() if flush_buf is not None else 0,
         env=environment(dev, dtype),
+        warmup_s=warm_s,
     )
 
 
