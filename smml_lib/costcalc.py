@@ -1,0 +1,305 @@
+"""Calculators that turn measured throughput and an instance price into dollars.
+
+Every function here is plain arithmetic with units in the names, so each has a hand-computed test:
+
+- ``cost_per_million_tokens``: inference, from measured tokens/s and $/hour.
+- ``training_run_cost``: a training run from C = 6·N·D FLOPs, GPU count, datasheet peak and measured MFU.
+- spot economics: ``expected_wall_time_h`` (Daly's model of work, checkpoints, interruptions and restarts),
+  ``young_interval_h`` / ``daly_interval_h`` (the optimal checkpoint interval), ``spot_run``.
+- ``purchase_options``: on-demand, spot, Savings Plans / RIs, ODCRs and Capacity Blocks side by side, with the
+  break-even utilization of each commitment. Discounts that no AWS source in this course gives are
+  ``Assumption`` objects: the tables print them as assumptions, never as AWS facts.
+- ``idle_waste``: right-sizing from telemetry, the dollars spent on GPUs that sat idle.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Sequence
+
+HOURS_PER_MONTH = 730.0  # 8760 h / 12: the monthly hours AWS price pages and calculators use
+SECONDS_PER_HOUR = 3600.0
+
+
+# ------------------------------------------------------------------------------------------- inference
+def cost_per_million_tokens(usd_per_hour: float, tokens_per_s: float, *, utilization: float = 1.0) -> float:
+    """Dollars per 1M generated tokens: an hour's price divided by the tokens produced in that hour.
+
+    ``utilization`` is the share of paid time the server is actually generating at ``tokens_per_s``
+    (a server busy half the time pays twice as much per token).
+    """
+    if tokens_per_s <= 0 or not 0 < utilization <= 1:
+        raise ValueError(f"need tokens_per_s > 0 and 0 < utilization <= 1, got {tokens_per_s}, {utilization}")
+    return usd_per_hour / (tokens_per_s * SECONDS_PER_HOUR * utilization) * 1e6
+
+
+# -------------------------------------------------------------------------------------------- training
+def training_flops(params: float, tokens: float) -> float:
+    """C ≈ 6·N·D: 2 FLOPs per parameter per token forward, 4 backward (Kaplan et al. 2020)."""
+    try:  # Module 02's scaling-law helpers are the course's one definition when they are there
+        from smml_lib.scaling import training_flops as _module02
+
+        return float(_module02(params, tokens))
+    except (ImportError, AttributeError, TypeError):
+        return 6.0 * params * tokens
+
+
+@dataclass
+class TrainingRunCost:
+    params: float
+    tokens: float
+    flops: float
+    gpus: int
+    peak_tflops_per_gpu: float
+    mfu: float
+    wall_h: float
+    gpu_hours: float
+    instances: float
+    instance_hours: float
+    usd: float
+
+    def row(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def training_run_cost(params: float, tokens: float, *, gpus: int, peak_tflops_per_gpu: float, mfu: float,
+                      usd_per_instance_hour: float, gpus_per_instance: int) -> TrainingRunCost:
+    """Wall time and cost of training ``params`` parameters on ``tokens`` tokens.
+
+    wall time = 6·N·D / (gpus × peak FLOP/s × MFU); cost = instances × wall hours × $/instance-hour.
+    MFU (model FLOPs utilization) is the share of the datasheet's dense peak your training step achieves:
+    measure it (Module 02), do not guess it.
+    """
+    if not 0 < mfu <= 1:
+        raise ValueError(f"mfu is a fraction of peak in (0, 1], got {mfu}")
+    flops = training_flops(params, tokens)
+    wall_s = flops / (gpus * peak_tflops_per_gpu * 1e12 * mfu)
+    wall_h = wall_s / SECONDS_PER_HOUR
+    instances = gpus / gpus_per_instance
+    return TrainingRunCost(params, tokens, flops, gpus, peak_tflops_per_gpu, mfu, wall_h, wall_h * gpus,
+                           instances, wall_h * instances, wall_h * instances * usd_per_instance_hour)
+
+
+def training_cost_from_throughput(tokens: float, tokens_per_s: float, *, usd_per_instance_hour: float,
+                                  instances: float = 1) -> dict[str, float]:
+    """Wall time and cost when you measured the job's tokens/s directly (no MFU needed)."""
+    wall_h = tokens / tokens_per_s / SECONDS_PER_HOUR
+    return {"wall_h": wall_h, "instance_hours": wall_h * instances, "usd": wall_h * instances * usd_per_instance_hour}
+
+
+# ---------------------------------------------------------------------------------------- spot economics
+def mtbf_h_from_monthly_rate(interrupted_share_per_month: float, instances: int = 1) -> float:
+    """Mean time between interruptions of a job on ``instances`` spot instances.
+
+    A monthly interruption share p (the Spot Instance Advisor's buckets: <5 %, 5-10 %, ...) read as a
+    constant hazard λ = -ln(1 - p) / 730 h per instance. Any one interruption stops a synchronous job, so
+    the job's rate is instances × λ.
+    """
+    if not 0 < interrupted_share_per_month < 1:
+        raise ValueError("interrupted_share_per_month is a fraction in (0, 1)")
+    rate_per_h = -math.log1p(-interrupted_share_per_month) / HOURS_PER_MONTH
+    return 1.0 / (rate_per_h * instances)
+
+
+def young_interval_h(checkpoint_cost_h: float, mtbf_h: float) -> float:
+    """Young (1974): the checkpoint interval that minimises lost time, τ* = sqrt(2·δ·M)."""
+    return math.sqrt(2.0 * checkpoint_cost_h * mtbf_h)
+
+
+def daly_interval_h(checkpoint_cost_h: float, mtbf_h: float) -> float:
+    """Daly (2006), the higher-order refinement of Young: accurate when δ is not tiny against M."""
+    d, m = checkpoint_cost_h, mtbf_h
+    if d >= 2 * m:
+        return m
+    x = d / (2 * m)
+    return math.sqrt(2 * d * m) * (1 + math.sqrt(x) / 3 + x / 9) - d
+
+
+def expected_wall_time_h(work_h: float, interval_h: float, checkpoint_cost_h: float, restart_h: float,
+                         mtbf_h: float) -> float:
+    """Expected wall time to finish ``work_h`` hours of compute under random (Poisson) interruptions.
+
+    The work runs in segments of τ = ``interval_h`` followed by a checkpoint of δ hours. An interruption
+    loses the unfinished segment and costs a restart of R hours (a new instance, reload the checkpoint),
+    which can itself be interrupted. For exponential failures with mean M, one segment takes on average
+    M·e^(R/M)·(e^((τ+δ)/M) − 1) (Daly 2006), and there are work/τ segments. With M → ∞ this is
+    work·(1 + δ/τ): only the checkpoints cost time.
+    """
+    if min(work_h, interval_h, mtbf_h) <= 0 or min(checkpoint_cost_h, restart_h) < 0:
+        raise ValueError("work, interval and MTBF must be positive; checkpoint cost and restart non-negative")
+    m = mtbf_h
+    per_segment = m * math.exp(restart_h / m) * math.expm1((interval_h + checkpoint_cost_h) / m)
+    return work_h / interval_h * per_segment
+
+
+def optimal_interval_h(checkpoint_cost_h: float, restart_h: float, mtbf_h: float, work_h: float = 1.0) -> float:
+    """The τ that minimises ``expected_wall_time_h`` exactly (golden-section search on log τ)."""
+    lo, hi = math.log(max(checkpoint_cost_h, 1e-9) * 1e-3), math.log(mtbf_h * 10)
+    f = lambda lt: expected_wall_time_h(work_h, math.exp(lt), checkpoint_cost_h, restart_h, mtbf_h)  # noqa: E731
+    g = (math.sqrt(5) - 1) / 2
+    a, b = lo, hi
+    for _ in range(200):
+        c, d = b - g * (b - a), a + g * (b - a)
+        if f(c) < f(d):
+            b = d
+        else:
+            a = c
+    return math.exp((a + b) / 2)
+
+
+@dataclass
+class SpotEstimate:
+    work_h: float
+    interval_h: float
+    on_demand_wall_h: float
+    on_demand_usd: float
+    spot_wall_h: float
+    spot_usd: float
+    expected_interruptions: float
+    savings_usd: float
+    savings_fraction: float
+
+    def row(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def spot_run(work_h: float, *, on_demand_usd_per_h: float, spot_usd_per_h: float, mtbf_h: float,
+             interval_h: float, checkpoint_cost_h: float, restart_h: float, instances: int = 1) -> SpotEstimate:
+    """Expected time and cost of a job on spot vs on-demand (both checkpoint every ``interval_h``).
+
+    ``mtbf_h`` is the job's mean time between interruptions (see ``mtbf_h_from_monthly_rate``); every paid
+    hour counts, including restarts (a conservative assumption). On-demand is modelled without interruptions.
+    """
+    od_wall = work_h * (1 + checkpoint_cost_h / interval_h)
+    sp_wall = expected_wall_time_h(work_h, interval_h, checkpoint_cost_h, restart_h, mtbf_h)
+    od_usd = od_wall * on_demand_usd_per_h * instances
+    sp_usd = sp_wall * spot_usd_per_h * instances
+    return SpotEstimate(work_h, interval_h, od_wall, od_usd, sp_wall, sp_usd, sp_wall / mtbf_h, od_usd - sp_usd,
+                        1 - sp_usd / od_usd)
+
+
+def checkpoint_interval_sweep(intervals_h: Sequence[float], *, work_h: float, checkpoint_cost_h: float,
+                              restart_h: float, mtbf_h: float) -> Any:
+    """Expected wall time and overhead for each checkpoint interval (the U-shaped curve Young/Daly minimise)."""
+    import pandas as pd
+
+    rows = []
+    for tau in intervals_h:
+        t = expected_wall_time_h(work_h, tau, checkpoint_cost_h, restart_h, mtbf_h)
+        rows.append({"interval_h": tau, "expected_wall_h": t, "overhead_pct": 100 * (t / work_h - 1),
+                     "checkpoint_pct": 100 * checkpoint_cost_h / tau})
+    return pd.DataFrame(rows)
+
+
+# ------------------------------------------------------------------------------------- purchase options
+@dataclass(frozen=True)
+class Assumption:
+    """A number no AWS source in this course gives: shown as an assumption, meant to be replaced by your quote."""
+
+    value: float
+    note: str
+
+    def __float__(self) -> float:
+        return float(self.value)
+
+
+@dataclass
+class CommitmentTerms:
+    """Discounts against on-demand for commitments; replace the assumptions with your own AWS quote."""
+
+    savings_plan_1yr_discount: Assumption = field(default_factory=lambda: Assumption(
+        0.30, "ASSUMPTION for illustration (the course's sources do not give it): take yours from the AWS Pricing "
+              "Calculator or savingsplans.describe_savings_plans_offering_rates"))
+    savings_plan_3yr_discount: Assumption = field(default_factory=lambda: Assumption(
+        0.50, "ASSUMPTION for illustration (the course's sources do not give it): take yours from the AWS Pricing "
+              "Calculator or savingsplans.describe_savings_plans_offering_rates"))
+
+
+def break_even_utilization(committed_usd_per_h: float, on_demand_usd_per_h: float) -> float:
+    """Share of committed hours you must use for a commitment to beat paying on-demand for those hours.
+
+    You pay ``committed`` for every hour of the term; on-demand you pay ``on_demand`` only for the hours you
+    use. They cost the same when utilization u satisfies u·on_demand = committed.
+    """
+    return committed_usd_per_h / on_demand_usd_per_h
+
+
+def purchase_options(on_demand_usd_per_h: float, *, spot_usd_per_h: float | None = None,
+                     spot_overhead: float = 1.0, capacity_block_usd_per_h: float | None = None,
+                     terms: CommitmentTerms | None = None, price_basis: str = "price table") -> Any:
+    """The purchase options for one instance type side by side (per instance-hour).
+
+    ``spot_overhead`` = expected wall time / work (from ``spot_run``): spot's price per *useful* hour is
+    spot price × overhead. Break-even utilization is given for the options that bill committed hours.
+    """
+    import pandas as pd
+
+    terms = terms or CommitmentTerms()
+    od = on_demand_usd_per_h
+    rows = [("On-Demand", od, "hours used", float("nan"), "no", price_basis)]
+    if spot_usd_per_h is not None:
+        rows.append(("Spot (per useful hour)", spot_usd_per_h * spot_overhead, "hours used; can be interrupted",
+                     float("nan"), "no (2-min notice)", f"{price_basis}; overhead x{spot_overhead:.3f} from the spot model"))
+    for label, a in (("Savings Plan / RI, 1 year", terms.savings_plan_1yr_discount),
+                     ("Savings Plan / RI, 3 years", terms.savings_plan_3yr_discount)):
+        rate = od * (1 - float(a))
+        rows.append((label, rate, "every hour of the term", break_even_utilization(rate, od), "no (a discount only)",
+                     f"{a.note} (discount {float(a):.0%})"))
+    rows.append(("On-Demand Capacity Reservation", od, "every reserved hour", 1.0, "yes, in one AZ",
+                 "billed at on-demand rates: buys assured capacity, never a lower price"))
+    if capacity_block_usd_per_h is not None:
+        rows.append(("Capacity Block for ML", capacity_block_usd_per_h, "the whole block, upfront",
+                     break_even_utilization(capacity_block_usd_per_h, od), "yes, for the block (1-182 days)",
+                     "Capacity Blocks price list (snapshot before 2025; older than the on-demand price)"))
+    df = pd.DataFrame(rows, columns=["option", "usd_per_hour", "pays_for", "break_even_utilization",
+                                     "capacity_assured", "basis"])
+    df["vs_on_demand"] = df["usd_per_hour"] / od - 1
+    return df
+
+
+def monthly_cost_vs_usage(options: Any, used_h_per_month: Sequence[float]) -> Any:
+    """Monthly cost of each option as a function of the hours you actually use (for the break-even chart)."""
+    import pandas as pd
+
+    rows = []
+    for _, o in options.iterrows():
+        committed = o["pays_for"].startswith("every")
+        if o["pays_for"].startswith("the whole block"):
+            continue  # a block is bought per job, not per month
+        for h in used_h_per_month:
+            usd = o["usd_per_hour"] * (HOURS_PER_MONTH if committed else h)
+            rows.append({"option": o["option"], "used_h_per_month": h, "usd_per_month": usd})
+    return pd.DataFrame(rows)
+
+
+# -------------------------------------------------------------------------------------------- right-size
+UTIL_COLUMNS = ("gpu_util_pct", "util_pct", "utilization_pct", "gpu_utilization_pct", "cpu_pct", "cpu_percent")
+
+
+def idle_waste(telemetry: Any, usd_per_hour: float, *, util_col: str | None = None, device_col: str | None = None,
+               idle_below_pct: float = 5.0, devices_per_instance: int = 1) -> Any:
+    """Dollars paid for idle accelerators, per device, from a telemetry DataFrame.
+
+    A sample counts as idle when utilization < ``idle_below_pct``. For each device: idle share of the samples,
+    mean utilization, and per paid hour the idle dollars (share × price per device) and the unused-capacity
+    dollars ((1 − mean util) × price per device, an upper bound: busy is not the same as efficient).
+    """
+    import pandas as pd
+
+    col = util_col or next((c for c in UTIL_COLUMNS if c in telemetry.columns), None)
+    if col is None:
+        raise KeyError(f"no utilization column among {UTIL_COLUMNS}; pass util_col= (columns: {list(telemetry.columns)})")
+    dev = device_col or next((c for c in ("gpu", "device", "index") if c in telemetry.columns), None)
+    groups = telemetry.groupby(dev) if dev else [("all", telemetry)]
+    per_device_usd_h = usd_per_hour / devices_per_instance
+    rows = []
+    for key, part in groups:
+        util = part[col].astype(float)
+        idle = float((util < idle_below_pct).mean())
+        mean = float(util.mean())
+        rows.append({"device": key, "samples": len(util), "mean_util_pct": mean, "idle_share": idle,
+                     "idle_usd_per_h": idle * per_device_usd_h,
+                     "unused_usd_per_h": (1 - mean / 100) * per_device_usd_h,
+                     "idle_usd_per_month": idle * per_device_usd_h * HOURS_PER_MONTH})
+    return pd.DataFrame(rows)
