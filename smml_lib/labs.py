@@ -73,8 +73,9 @@ class LabRun:
     output: str  # executed notebook
     key_figures: list[dict[str, Any]] = field(default_factory=list)
     checks: dict[str, Any] = field(default_factory=dict)
-    error_cell: int | None = None
+    error_cell: int | None = None  # 1-based position of the failing cell in the original notebook (all cells)
     error: str = ""
+    error_source: str = ""  # first line of the failing cell's code
 
 
 def notebook_title(nb: Any) -> str:
@@ -113,19 +114,32 @@ def execute_notebook(notebook: Path, output: Path, parameters: dict[str, Any] | 
     output.parent.mkdir(parents=True, exist_ok=True)
     rel = notebook.relative_to(repo_root()).as_posix() if notebook.is_relative_to(repo_root()) else str(notebook)
     t0 = time.perf_counter()
-    error_cell, error = None, ""
+    error_cell, error, error_source = None, "", ""
     try:
         pm.execute_notebook(str(notebook), str(output), parameters=parameters, kernel_name=kernel_name,
                             cwd=str(cwd or notebook.parent), progress_bar=False, log_output=log_output,
                             start_timeout=120, execution_timeout=timeout_s, request_save_on_cell_execute=True)
     except pm.PapermillExecutionError as exc:
-        error_cell, error = exc.exec_count, f"{exc.ename}: {exc.evalue}"
+        error_cell, error = _original_cell_number(output, exc.cell_index), f"{exc.ename}: {exc.evalue}"
+        error_source = next((ln for ln in (exc.source or "").splitlines() if ln.strip()), "")
     except Exception as exc:  # dead kernel, timeout, missing kernel...
         error = f"{type(exc).__name__}: {exc}"
     duration = time.perf_counter() - t0
     figures, checks, title = collect_outputs(output) if output.exists() else ([], {}, "")
     return LabRun(rel, title or notebook.stem, "failed" if error else "passed", duration, str(output), figures,
-                  checks, error_cell, error)
+                  checks, error_cell, error, error_source)
+
+
+def _original_cell_number(executed: Path, cell_index: int) -> int:
+    """Map papermill's cell index (which counts its injected-parameters cell) to the learner's cell number."""
+    import nbformat
+
+    try:
+        cells = nbformat.read(str(executed), as_version=4).cells
+    except Exception:
+        return cell_index + 1
+    injected = [i for i, c in enumerate(cells) if "injected-parameters" in c.get("metadata", {}).get("tags", [])]
+    return cell_index + 1 - sum(1 for i in injected if i < cell_index)
 
 
 def run_labs(*, only: str | None = None, parameters: dict[str, Any] | None = None, out_dir: Path | None = None,
@@ -151,7 +165,7 @@ def run_labs(*, only: str | None = None, parameters: dict[str, Any] | None = Non
         runs.append(run)
         line = f"{run.status} in {run.duration_s:.1f} s"
         if run.error:
-            line += f"\n      cell {run.error_cell}: {run.error.splitlines()[0][:300]}"
+            line += f"\n      cell {run.error_cell} ({run.error_source[:80]}): {run.error.splitlines()[0][:300]}"
         print(line, flush=True)
     (run_dir / "summary.json").write_text(json.dumps(
         {"started": _dt.datetime.fromtimestamp(started).isoformat(timespec="seconds"), "parameters": parameters or {},

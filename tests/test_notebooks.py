@@ -59,7 +59,7 @@ def test_notebook_runs_in_smoke_mode_twice_per_cell_from_any_cwd(notebook, kerne
         keep = output_dir("failed-notebooks") / notebook.name
         shutil.copy(run.output, keep)
         pytest.fail(f"{notebook.relative_to(repo_root())} failed (every cell runs twice; execution count "
-                    f"{run.error_cell}): {run.error}\nexecuted copy: {keep}")
+                    f"{run.error_cell}, `{run.error_source}`): {run.error}\nexecuted copy: {keep}")
     assert run.checks, f"{notebook.name}: the final lab.check(...) cell produced no result"
     assert run.checks["passed"] == run.checks["total"] > 0
 
