@@ -17,6 +17,7 @@ diagram (the source changed) from a harmless re-rendering by another matplotlib 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import re
@@ -307,8 +308,9 @@ DIAGRAMS: dict[str, Callable[[], Any]] = {
 
 
 # ---------------------------------------------------------------- rendering and the staleness check
+@functools.lru_cache(maxsize=None)
 def render(name: str) -> bytes:
-    """The SVG bytes of one diagram (deterministic for a given matplotlib version)."""
+    """The SVG bytes of one diagram (deterministic for a given matplotlib version; cached per process)."""
     import matplotlib
 
     with matplotlib.rc_context(RC):
