@@ -1,0 +1,641 @@
+"""A real two-node Slurm cluster on this machine: ``smml cluster up | status | down``.
+
+Module 03 teaches multi-node jobs on the course's 2 x g6.12xlarge Slurm cluster. Everywhere else (a
+laptop VM, CI) the same sbatch scripts run against this local cluster: Debian's real ``slurmctld``,
+``slurmd`` and ``munged``, with each node living in its own **network namespace** - its own network
+stack and address, joined to the others through a virtual switch (a Linux bridge). Traffic between
+"nodes" really crosses an interface, so ``tc`` can slow that link down to a stated bandwidth and the
+cost of crossing the network becomes visible.
+
+    root namespace                         smml-node1 (10.213.0.11)   smml-node2 (10.213.0.12)
+    slurmctld, munged                      slurmd -N node1            slurmd -N node2
+    bridge smml-br0 10.213.0.1/24 --veth-- smml0                     smml0
+                                  --veth-------------------------------'
+
+What it needs: Linux, root (namespaces, interfaces and Slurm's daemons), and the packages
+``slurmctld slurmd slurm-client munge iproute2`` (``scripts/course.sh setup`` installs them as root).
+Without them ``ensure()`` returns an unavailable cluster with the reason, and the labs fall back to
+running the same torchrun job on this one machine.
+
+Everything the cluster is lives under one folder (``SMML_CLUSTER_DIR``, default ``/tmp/smml-cluster``):
+its own munge key and socket, ``slurm.conf`` (non-default ports, so a real Slurm on the machine is left
+alone), state, spool, logs, and ``state.json`` with the PID (and start time) of every daemon started.
+``down()`` stops exactly those: jobs first (``scancel``), then ``scontrol shutdown``, then any process
+still inside our namespaces, then munged by its PID; then it deletes our interfaces and namespaces and
+checks that nothing is left. Processes are never looked up by name. Addresses are private
+(10.213.0.0/24) and exist only on interfaces this module creates.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+SUBNET = "10.213.0"  # /24; .1 is the bridge (slurmctld), .11, .12 ... the nodes
+BRIDGE = "smml-br0"
+NODE_IFNAME = "smml0"  # the interface name inside every node namespace (GLOO/NCCL_SOCKET_IFNAME)
+CTLD_PORT, SLURMD_PORT = 6917, 6918  # not Slurm's defaults (6817/6818): never clash with a real Slurm
+NEEDED = ("slurmctld", "slurmd", "munged", "scontrol", "sbatch", "squeue", "sinfo", "scancel", "ip", "nsenter",
+          "unshare")
+PACKAGES = "slurmctld slurmd slurm-client munge iproute2"
+INSTALL_HINT = f"apt-get update && apt-get install -y {PACKAGES}  (or: sudo bash scripts/course.sh setup)"
+
+
+class ClusterError(RuntimeError):
+    """The local cluster could not be started, queried or stopped; the message says why and what to do."""
+
+
+def state_dir() -> Path:
+    return Path(os.environ.get("SMML_CLUSTER_DIR") or "/tmp/smml-cluster")
+
+
+def node_names(num_nodes: int = 2) -> list[str]:
+    return [f"node{i}" for i in range(1, num_nodes + 1)]
+
+
+def netns_name(node: str) -> str:
+    return f"smml-{node}"
+
+
+def host_veth(node: str) -> str:
+    return f"smml-h{node.removeprefix('node')}"
+
+
+def node_addr(node: str) -> str:
+    return f"{SUBNET}.{10 + int(node.removeprefix('node'))}"
+
+
+def _which(name: str) -> str | None:
+    return shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin:/usr/local/sbin")
+
+
+def run_cmd(cmd: list[str], *, timeout_s: float = 15.0, env: dict[str, str] | None = None, check: bool = True,
+            what: str = "") -> subprocess.CompletedProcess:
+    """Run a command with a timeout (never hangs); on failure raise ``ClusterError`` with its stderr."""
+    exe = _which(cmd[0]) or cmd[0]
+    try:
+        out = subprocess.run([exe, *cmd[1:]], capture_output=True, text=True, timeout=timeout_s,
+                             env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        raise ClusterError(f"{what or ' '.join(cmd)}: no answer within {timeout_s:.0f} s") from None
+    except FileNotFoundError:
+        raise ClusterError(f"{cmd[0]} is not installed: {INSTALL_HINT}") from None
+    if check and out.returncode != 0:
+        msg = (out.stderr or out.stdout).strip()
+        raise ClusterError(f"{what or ' '.join(cmd)} failed (exit {out.returncode}): {msg}")
+    return out
+
+
+def preflight() -> list[str]:
+    """What stops a local cluster from starting here, each with its fix (empty list: ready)."""
+    problems = []
+    if sys.platform != "linux":
+        problems.append(f"the local cluster needs Linux network namespaces (this is {sys.platform}); use a Linux "
+                        "VM or the course's cluster")
+    elif os.geteuid() != 0:
+        problems.append("the local cluster needs root (network namespaces, interfaces, Slurm daemons): run "
+                        "`sudo smml cluster up` in a terminal, or run the lab as root")
+    missing = [n for n in NEEDED if _which(n) is None]
+    if missing:
+        problems.append(f"missing programs {', '.join(missing)}: {INSTALL_HINT}")
+    return problems
+
+
+# --- process bookkeeping: by recorded PID and start time, never by name --------------------------------
+
+def _start_time(pid: int) -> int | None:
+    """Kernel start time of ``pid`` (clock ticks since boot), or None when it is gone or a zombie."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return None if fields[0] in ("Z", "X") else int(fields[19])
+
+
+def _alive(rec: dict[str, Any]) -> bool:
+    return _start_time(rec["pid"]) == rec["start"]
+
+
+def _record(name: str, pid_file: Path, timeout_s: float = 10.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError, ValueError):
+            pid = int(pid_file.read_text().split()[0])
+            start = _start_time(pid)
+            if start is not None:
+                return {"name": name, "pid": pid, "start": start}
+        time.sleep(0.05)
+    raise ClusterError(f"{name} did not start (no live PID in {pid_file} after {timeout_s:.0f} s); see the logs in "
+                       f"{state_dir() / 'log'}")
+
+
+def _netns_inode(node: str) -> int | None:
+    with contextlib.suppress(OSError):
+        return os.stat(f"/var/run/netns/{netns_name(node)}").st_ino
+    return None
+
+
+def processes_in_namespaces(nodes: list[str]) -> list[int]:
+    """PIDs of live processes inside our node namespaces (job steps, workers, slurmd): ours by construction."""
+    inodes = {i for i in (_netns_inode(n) for n in nodes) if i}
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            link = os.readlink(entry / "ns" / "net")
+            if int(link.split("[")[1].rstrip("]")) in inodes and _start_time(int(entry.name)) is not None:
+                found.append(int(entry.name))
+    return found
+
+
+def _signal_and_wait(pids: list[int], timeout_s: float) -> list[int]:
+    """SIGTERM, wait, then SIGKILL what is left; returns the PIDs that had to be killed."""
+    starts = {p: _start_time(p) for p in pids}
+    for sig, wait_s in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 3.0)):
+        live = [p for p, s in starts.items() if s is not None and _start_time(p) == s]
+        if not live:
+            return [] if sig == signal.SIGTERM else live
+        for p in live:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p, sig)
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline and any(_start_time(p) == starts[p] for p in live):
+            time.sleep(0.05)
+    return [p for p, s in starts.items() if s is not None]
+
+
+# --- the cluster object -------------------------------------------------------------------------------
+
+@dataclass
+class Cluster:
+    """A Slurm cluster the labs submit to: the local one, an existing (real) one, or none (with why)."""
+
+    kind: str  # "local", "existing" or "none"
+    reason: str = ""  # why it is unavailable (kind "none"), or how it was found
+    conf: Path | None = None  # slurm.conf of the local cluster (SLURM_CONF); None = the system's
+    nodes: list[str] = field(default_factory=list)
+    addrs: dict[str, str] = field(default_factory=dict)
+    ifname: str | None = None  # the nodes' interface for GLOO/NCCL_SOCKET_IFNAME (None: detect per node)
+    started_here: bool = False
+    up_s: float = 0.0  # how long starting it took (0 when reused)
+
+    @property
+    def available(self) -> bool:
+        return self.kind != "none"
+
+    @property
+    def env(self) -> dict[str, str]:
+        """Environment for Slurm commands (sbatch, squeue...) that talk to this cluster."""
+        return {"SLURM_CONF": str(self.conf)} if self.conf else {}
+
+    def release(self) -> "DownReport | None":
+        """Stop the local cluster if this process started it (labs end with this); else leave it running."""
+        if self.kind == "local" and self.started_here:
+            self.started_here = False
+            return down()
+        return None
+
+    def describe(self) -> str:
+        if not self.available:
+            return f"no Slurm cluster: {self.reason}"
+        where = ", ".join(f"{n} ({self.addrs[n]})" if n in self.addrs else n for n in self.nodes)
+        how = f"started in {self.up_s:.1f} s" if self.started_here else "already running"
+        return f"{self.kind} Slurm cluster, nodes {where}; {how}"
+
+
+@dataclass
+class DownReport:
+    stopped: list[str]  # daemons and processes stopped
+    removed: list[str]  # interfaces and namespaces deleted
+    leftovers: list[str]  # anything still there afterwards (should be empty)
+    seconds: float
+
+    @property
+    def clean(self) -> bool:
+        return not self.leftovers
+
+
+@contextlib.contextmanager
+def _lock() -> Iterator[None]:
+    """One up/down at a time on this machine (two notebooks starting the cluster at once)."""
+    path = Path(str(state_dir()) + ".lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _read_state() -> dict[str, Any] | None:
+    with contextlib.suppress(OSError, ValueError):
+        return json.loads((state_dir() / "state.json").read_text())
+    return None
+
+
+def _write_state(state: dict[str, Any]) -> None:
+    path = state_dir() / "state.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state, indent=1))
+    os.replace(tmp, path)
+
+
+def _cluster_from_state(state: dict[str, Any], *, started_here: bool = False, up_s: float = 0.0) -> Cluster:
+    nodes = state["nodes"]
+    return Cluster("local", "local cluster (network namespaces)", Path(state["conf"]), nodes,
+                   {n: node_addr(n) for n in nodes}, NODE_IFNAME, started_here, up_s)
+
+
+def _healthy(state: dict[str, Any]) -> bool:
+    if not all(_alive(d) for d in state.get("daemons", [])):
+        return False
+    try:
+        out = run_cmd(["sinfo", "-h", "-N", "-o", "%N %t"], env={"SLURM_CONF": state["conf"]}, timeout_s=5)
+    except ClusterError:
+        return False
+    states = dict(line.split() for line in out.stdout.splitlines() if line.strip())
+    return all(states.get(n, "").rstrip("*") in ("idle", "mix", "alloc", "comp") for n in state["nodes"])
+
+
+def write_slurm_conf(d: Path, nodes: list[str], cpus_per_node: int) -> Path:
+    """The local cluster's slurm.conf (see environment-notes: linuxproc, task/none, root, own munge socket)."""
+    host = socket.gethostname().split(".")[0]
+    lines = [
+        "# Written by smml_lib.cluster: a 2-node Slurm cluster on one machine (network namespaces).",
+        "ClusterName=smml",
+        f"SlurmctldHost={host}({SUBNET}.1)",
+        f"SlurmctldPort={CTLD_PORT}", f"SlurmdPort={SLURMD_PORT}",
+        "SlurmUser=root", "SlurmdUser=root",
+        "AuthType=auth/munge", "CredType=cred/munge",
+        f"AuthInfo=socket={d / 'munge' / 'munge.socket'}",
+        f"StateSaveLocation={d / 'state'}",
+        f"SlurmdSpoolDir={d / 'spool' / '%n'}",
+        f"SlurmctldPidFile={d / 'run' / 'slurmctld.pid'}", f"SlurmdPidFile={d / 'run' / 'slurmd-%n.pid'}",
+        f"SlurmctldLogFile={d / 'log' / 'slurmctld.log'}", f"SlurmdLogFile={d / 'log' / 'slurmd-%n.log'}",
+        # no cgroups inside a namespace host: track processes by parent PID, no CPU binding
+        "ProctrackType=proctrack/linuxproc", "TaskPlugin=task/none", "MpiDefault=none",
+        "SelectType=select/cons_tres", "SelectTypeParameters=CR_Core",
+        # no slurmdbd: job states come from squeue/scontrol while known, then from this completion log
+        "AccountingStorageType=accounting_storage/none", "JobAcctGatherType=jobacct_gather/none",
+        "JobCompType=jobcomp/filetxt", f"JobCompLoc={d / 'log' / 'jobcomp.txt'}",
+        "ReturnToService=2", "KillWait=10", "MinJobAge=3600", "SlurmdTimeout=60", "MessageTimeout=10",
+        "InactiveLimit=0",
+    ]
+    for n in nodes:
+        lines.append(f"NodeName={n} NodeAddr={node_addr(n)} NodeHostname={host} CPUs={cpus_per_node} State=UNKNOWN")
+    lines.append(f"PartitionName=smml Nodes={','.join(nodes)} Default=YES MaxTime=INFINITE State=UP")
+    path = d / "slurm.conf"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _start_network(nodes: list[str]) -> None:
+    run_cmd(["ip", "link", "add", BRIDGE, "type", "bridge"], what=f"creating bridge {BRIDGE}")
+    run_cmd(["ip", "addr", "add", f"{SUBNET}.1/24", "dev", BRIDGE])
+    run_cmd(["ip", "link", "set", BRIDGE, "up"])
+    for n in nodes:
+        ns, veth = netns_name(n), host_veth(n)
+        run_cmd(["ip", "netns", "add", ns], what=f"creating network namespace {ns}")
+        run_cmd(["ip", "link", "add", veth, "type", "veth", "peer", "name", NODE_IFNAME, "netns", ns])
+        run_cmd(["ip", "link", "set", veth, "master", BRIDGE, "up"])
+        run_cmd(["ip", "-n", ns, "addr", "add", f"{node_addr(n)}/24", "dev", NODE_IFNAME])
+        run_cmd(["ip", "-n", ns, "link", "set", NODE_IFNAME, "up"])
+        run_cmd(["ip", "-n", ns, "link", "set", "lo", "up"])
+        # No default route on purpose: a DNS lookup from a node then fails at once instead of timing out
+        # (torch resolves peer names), and nothing can leave the machine.
+
+
+def up(*, num_nodes: int = 2, cpus_per_node: int | None = None, timeout_s: float = 60.0) -> Cluster:
+    """Start the local cluster (or return the running one). Raises ``ClusterError`` with the fix.
+
+    Args:
+        num_nodes: network-namespace hosts (2 for the labs).
+        cpus_per_node: CPUs each node declares (default: this machine's count; nodes share them).
+        timeout_s: give up (and clean up) if the nodes are not idle by then.
+    """
+    problems = preflight()
+    if problems:
+        raise ClusterError("cannot start the local Slurm cluster: " + "; ".join(problems))
+    with _lock():
+        state = _read_state()
+        if state and _healthy(state):
+            return _cluster_from_state(state)
+        _down_locked(quiet=True)  # stale leftovers of a crashed run
+        t0 = time.monotonic()
+        try:
+            cluster = _up_locked(node_names(num_nodes), cpus_per_node or os.cpu_count() or 1, timeout_s)
+        except BaseException:
+            _down_locked(quiet=True)
+            raise
+        cluster.up_s = time.monotonic() - t0
+        return cluster
+
+
+def _up_locked(nodes: list[str], cpus: int, timeout_s: float) -> Cluster:
+    d = state_dir()
+    for sub in ("state", "spool", "run"):
+        shutil.rmtree(d / sub, ignore_errors=True)
+    for sub in ["munge", "state", "log", "run", *[f"spool/{n}" for n in nodes]]:
+        (d / sub).mkdir(parents=True, exist_ok=True)
+    (d / "munge").chmod(0o755)  # munged: the socket's folder must be searchable by all
+    key = d / "munge" / "munge.key"
+    if not key.exists():
+        key.write_bytes(os.urandom(1024))
+        key.chmod(0o400)
+    conf = write_slurm_conf(d, nodes, cpus)
+    state: dict[str, Any] = {"conf": str(conf), "nodes": nodes, "daemons": [], "started_utc": time.time()}
+    _write_state(state)
+    env = {"SLURM_CONF": str(conf)}
+    log = open(d / "log" / "daemons.out", "ab")  # noqa: SIM115 - daemons inherit it, never a pipe
+
+    def start(name: str, cmd: list[str], pid_file: Path) -> None:
+        exe = _which(cmd[0]) or cmd[0]
+        subprocess.run([exe, *cmd[1:]], stdout=log, stderr=log, stdin=subprocess.DEVNULL, timeout=20, check=True,
+                       env={**os.environ, **env})
+        state["daemons"].append(_record(name, pid_file))
+        _write_state(state)
+
+    try:
+        munge = d / "munge"
+        start("munged", ["munged", f"--socket={munge / 'munge.socket'}", f"--key-file={key}",
+                         f"--log-file={d / 'log' / 'munged.log'}", f"--pid-file={d / 'run' / 'munged.pid'}",
+                         f"--seed-file={munge / 'munged.seed'}"], d / "run" / "munged.pid")
+        state["network"] = True
+        _write_state(state)
+        _start_network(nodes)
+        start("slurmctld", ["slurmctld", "-f", str(conf)], d / "run" / "slurmctld.pid")
+        for n in nodes:  # nsenter --net only: `ip netns exec` would remount /sys and slurmd fails on cgroups
+            # own UTS namespace too: processes on node1 see the host name "node1", as on a real cluster
+            start(f"slurmd {n}", ["nsenter", f"--net=/var/run/netns/{netns_name(n)}", "unshare", "--uts", "sh", "-c",
+                                  f'hostname {n} && exec slurmd -f "$0" -N {n}', str(conf)],
+                  d / "run" / f"slurmd-{n}.pid")
+    except subprocess.CalledProcessError as exc:
+        raise ClusterError(f"{exc.cmd[0]} exited with {exc.returncode}: {_log_tail(d)}") from None
+    except subprocess.TimeoutExpired as exc:
+        raise ClusterError(f"{exc.cmd[0]} did not return within 20 s: {_log_tail(d)}") from None
+    finally:
+        log.close()
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if _healthy(state):
+            return _cluster_from_state(state, started_here=True)
+        time.sleep(0.2)
+    raise ClusterError(f"the nodes did not become idle within {timeout_s:.0f} s: {_log_tail(d)}")
+
+
+def _log_tail(d: Path, lines: int = 4) -> str:
+    parts = []
+    for f in sorted((d / "log").glob("*.log")):
+        tail = f.read_text(errors="replace").strip().splitlines()[-lines:]
+        if tail:
+            parts.append(f"--- {f.name} ---\n" + "\n".join(tail))
+    return "\n".join(parts) or f"(no logs in {d / 'log'})"
+
+
+def ensure(kind: str = "auto", *, stop_at_exit: bool = True) -> Cluster:
+    """The cluster a lab submits to; never raises (a notebook cell must run everywhere).
+
+    Args:
+        kind: ``"auto"``: an existing Slurm if one answers (the course cluster), else the local one;
+            ``"existing"`` or ``"local"`` to force one.
+        stop_at_exit: if this call starts the local cluster, stop it when this Python process exits
+            (the lab also stops it explicitly in its last step).
+
+    Returns:
+        A ``Cluster``; ``available`` is False when neither works, with ``reason`` saying why.
+    """
+    if kind not in ("auto", "existing", "local"):
+        raise ValueError(f"kind={kind!r}: use auto, existing or local")
+    if kind in ("auto", "existing"):
+        found = existing()
+        if found.available or kind == "existing":
+            return found
+    try:
+        cluster = up()
+    except ClusterError as exc:
+        return Cluster("none", str(exc))
+    if cluster.started_here and stop_at_exit:
+        atexit.register(cluster.release)
+    return cluster
+
+
+def existing(timeout_s: float = 5.0) -> Cluster:
+    """An already configured Slurm (the course cluster's login node): ``scontrol ping`` answers."""
+    if _which("sinfo") is None:
+        return Cluster("none", f"no Slurm client on this machine ({INSTALL_HINT})")
+    env = {k: v for k, v in os.environ.items() if k != "SLURM_CONF"} if _is_local_conf() else None
+    try:
+        ping = subprocess.run([_which("scontrol") or "scontrol", "ping"], capture_output=True, text=True,
+                              timeout=timeout_s, env=env, stdin=subprocess.DEVNULL)
+        if ping.returncode != 0 or "UP" not in ping.stdout:
+            return Cluster("none", "no Slurm controller answers `scontrol ping` with the system configuration")
+        out = subprocess.run([_which("sinfo") or "sinfo", "-h", "-N", "-o", "%N"], capture_output=True, text=True,
+                             timeout=timeout_s, env=env, stdin=subprocess.DEVNULL)
+    except (subprocess.TimeoutExpired, OSError) as exc:
+        return Cluster("none", f"Slurm did not answer ({type(exc).__name__})")
+    nodes = sorted(set(out.stdout.split()))
+    return Cluster("existing", "the system's Slurm (scontrol ping: UP)", None, nodes)
+
+
+def _is_local_conf() -> bool:
+    return os.environ.get("SLURM_CONF", "").startswith(str(state_dir()))
+
+
+# --- status, link limits, down ------------------------------------------------------------------------
+
+def status() -> dict[str, Any]:
+    """What is running: nodes (from sinfo), daemons (by recorded PID), interfaces and link limits."""
+    state = _read_state()
+    info: dict[str, Any] = {"up": False, "state_dir": str(state_dir()), "daemons": [], "nodes": [], "links": {}}
+    if not state:
+        return info
+    info["daemons"] = [{**d, "alive": _alive(d)} for d in state.get("daemons", [])]
+    with contextlib.suppress(ClusterError):
+        out = run_cmd(["sinfo", "-h", "-N", "-o", "%N %t %c %O"], env={"SLURM_CONF": state["conf"]}, timeout_s=5)
+        info["nodes"] = [dict(zip(("node", "state", "cpus", "load"), line.split())) for line in out.stdout.splitlines()]
+    for n in state["nodes"]:
+        with contextlib.suppress(ClusterError):
+            q = run_cmd(["tc", "qdisc", "show", "dev", host_veth(n)], timeout_s=5)
+            info["links"][host_veth(n)] = q.stdout.strip().splitlines()[0] if q.stdout.strip() else ""
+    info["up"] = _healthy(state)
+    info["conf"] = state["conf"]
+    return info
+
+
+def set_link_limit(rate_mbit: float | None, *, burst_kb: int | None = None) -> list[str]:
+    """Limit every node's link to ``rate_mbit`` Mbit/s in each direction with a token bucket (``tc tbf``).
+
+    The qdisc sits on the bridge side of each node's veth, so it shapes all traffic *into* that node:
+    node-to-node traffic crosses exactly one limited link. Loopback traffic inside a node is unaffected.
+    ``None`` removes the limits. Returns the ``tc`` commands run.
+    """
+    state = _read_state()
+    if not state:
+        raise ClusterError("the local cluster is not running (smml cluster up)")
+    cmds = []
+    for n in state["nodes"]:
+        dev = host_veth(n)
+        if rate_mbit is None:
+            cmd = ["tc", "qdisc", "del", "dev", dev, "root"]
+            run_cmd(cmd, check=False)
+        else:
+            # burst: at least 10 ms of traffic and one 64 KiB GSO segment (veth passes large segments)
+            burst = burst_kb or max(64, int(rate_mbit * 1e6 / 8 / 100 / 1024))
+            cmd = ["tc", "qdisc", "replace", "dev", dev, "root", "tbf", "rate", f"{rate_mbit}mbit",
+                   "burst", f"{burst}kb", "latency", "200ms"]
+            run_cmd(cmd, what="tc (traffic control, from iproute2)")
+        cmds.append(" ".join(cmd))
+    return cmds
+
+
+@contextlib.contextmanager
+def link_limit(rate_mbit: float) -> Iterator[list[str]]:
+    """``with link_limit(1000): ...`` - the node links are limited inside the block, restored after."""
+    cmds = set_link_limit(rate_mbit)
+    try:
+        yield cmds
+    finally:
+        set_link_limit(None)
+
+
+def down(timeout_s: float = 30.0) -> DownReport:
+    """Stop the local cluster and remove everything it created; verifies that nothing is left."""
+    with _lock():
+        return _down_locked(timeout_s=timeout_s)
+
+
+def _down_locked(timeout_s: float = 30.0, quiet: bool = False) -> DownReport:
+    t0 = time.monotonic()
+    state = _read_state() or {}
+    nodes = state.get("nodes") or node_names(2)
+    daemons = state.get("daemons", [])
+    env = {"SLURM_CONF": state["conf"]} if state.get("conf") else {}
+    stopped: list[str] = []
+    ctld = [d for d in daemons if d["name"] == "slurmctld" and _alive(d)]
+    if ctld:
+        with contextlib.suppress(ClusterError):  # 1. jobs first, so their steps end cleanly
+            ids = run_cmd(["squeue", "-h", "-o", "%i"], env=env, timeout_s=5).stdout.split()
+            if ids:
+                run_cmd(["scancel", *ids], env=env, timeout_s=10)
+                stopped.append(f"jobs {', '.join(ids)}")
+                end = time.monotonic() + min(15.0, timeout_s / 2)
+                while time.monotonic() < end and run_cmd(["squeue", "-h", "-o", "%i"], env=env, timeout_s=5).stdout.strip():
+                    time.sleep(0.2)
+        with contextlib.suppress(ClusterError):  # 2. controller and node daemons
+            run_cmd(["scontrol", "shutdown"], env=env, timeout_s=10)
+        end = time.monotonic() + 10
+        while time.monotonic() < end and any(_alive(d) for d in daemons if d["name"] != "munged"):
+            time.sleep(0.1)
+    slurm = [d for d in daemons if d["name"] != "munged"]
+    killed = _signal_and_wait([d["pid"] for d in slurm if _alive(d)], 5.0)
+    stopped += [f"{d['name']} (pid {d['pid']})" for d in slurm]
+    leftovers_ns = processes_in_namespaces(nodes)  # 3. job processes still inside our namespaces
+    if leftovers_ns:
+        _signal_and_wait(leftovers_ns, 5.0)
+        stopped.append(f"{len(leftovers_ns)} process(es) left in the node namespaces")
+    for d in daemons:  # 4. munged last: slurm needs it to shut down
+        if d["name"] == "munged":
+            if _alive(d):
+                _signal_and_wait([d["pid"]], 5.0)
+            stopped.append(f"munged (pid {d['pid']})")
+    removed = _remove_network(nodes)
+    for sub in ("state", "spool", "run"):
+        shutil.rmtree(state_dir() / sub, ignore_errors=True)
+    with contextlib.suppress(FileNotFoundError):
+        (state_dir() / "state.json").unlink()
+    leftovers = _leftovers(nodes, daemons)
+    if killed:
+        stopped.append(f"killed (did not stop in time): {killed}")
+    report = DownReport(stopped, removed, leftovers, time.monotonic() - t0)
+    if leftovers and not quiet:
+        raise ClusterError(f"after down, still present: {leftovers}")
+    return report
+
+
+def _links() -> set[str]:
+    out = run_cmd(["ip", "-o", "link", "show"], check=False, timeout_s=5).stdout
+    return {line.split(":")[1].strip().split("@")[0] for line in out.splitlines() if ":" in line}
+
+
+def _netns() -> set[str]:
+    out = run_cmd(["ip", "netns", "list"], check=False, timeout_s=5).stdout
+    return {line.split()[0] for line in out.splitlines() if line.strip()}
+
+
+def _remove_network(nodes: list[str]) -> list[str]:
+    if _which("ip") is None:
+        return []
+    removed = []
+    links, spaces = _links(), _netns()
+    for n in nodes:
+        if host_veth(n) in links:  # deleting one end deletes the pair at once (netns deletion is lazy)
+            run_cmd(["ip", "link", "del", host_veth(n)], check=False)
+            removed.append(host_veth(n))
+        if netns_name(n) in spaces:
+            run_cmd(["ip", "netns", "del", netns_name(n)], check=False)
+            removed.append(f"netns {netns_name(n)}")
+    if BRIDGE in links:
+        run_cmd(["ip", "link", "del", BRIDGE], check=False)
+        removed.append(BRIDGE)
+    return removed
+
+
+def _leftovers(nodes: list[str], daemons: list[dict[str, Any]]) -> list[str]:
+    left = [f"{d['name']} (pid {d['pid']})" for d in daemons if _alive(d)]
+    if _which("ip") is not None:
+        deadline = time.monotonic() + 5
+        while True:
+            ours = {host_veth(n) for n in nodes} | {BRIDGE}
+            names = sorted((_links() & ours) | (_netns() & {netns_name(n) for n in nodes}))
+            if not names or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        left += names
+    return left
+
+
+def cli(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="smml cluster", description="A real two-node Slurm cluster on this machine "
+                                "(network namespaces). Needs root and: " + PACKAGES)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("up", help="start it (or report the running one)")
+    sub.add_parser("status", help="nodes, daemons, link limits")
+    sub.add_parser("down", help="stop it and remove everything it created")
+    lim = sub.add_parser("limit", help="limit the node links: smml cluster limit 1000 (Mbit/s), or 'off'")
+    lim.add_argument("rate", help="Mbit/s or 'off'")
+    a = p.parse_args(argv)
+    try:
+        if a.cmd == "up":
+            c = up()
+            print(c.describe())
+            print(f"use it from a shell: export SLURM_CONF={c.conf}; sinfo")
+        elif a.cmd == "status":
+            s = status()
+            print(json.dumps(s, indent=1, default=str))
+            return 0 if s["up"] else 3
+        elif a.cmd == "limit":
+            for cmd in set_link_limit(None if a.rate == "off" else float(a.rate)):
+                print(cmd)
+        else:
+            r = down()
+            print(f"stopped: {', '.join(r.stopped) or 'nothing was running'}")
+            print(f"removed: {', '.join(r.removed) or 'nothing'}  ({r.seconds:.1f} s; nothing left behind)")
+    except ClusterError as exc:
+        print(f"smml cluster {a.cmd}: {exc}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,495 @@
+"""Slurm from a notebook: write a multi-node torchrun sbatch script, submit it, follow it, read its logs.
+
+    job = TorchrunJob("worker_train", ["--strategy", "ddp", "--max-steps", "20"], nodes=2, nproc_per_node=4,
+                      gpus_per_node=4)
+    print(render_sbatch(job))                       # the exact script (also written into the run folder)
+    run = submit_and_follow(job, cluster)           # PENDING -> RUNNING -> COMPLETED, with timings
+    run.results()                                   # every rank's result rows (smml_lib.launcher format)
+
+**The script** (``render_sbatch``) runs one ``torchrun`` per node (``srun --ntasks-per-node=1``); torchrun
+starts one process per GPU. How the pieces find each other:
+
+- *rendezvous*: the first node of the allocation hosts torchrun's c10d store. Its address comes from
+  Slurm (``scontrol show node`` -> ``NodeAddr``), and that node is told it is the host
+  (``--rdzv-conf is_host=1``): torchrun's own guess compares host names and misses secondary interfaces;
+- *network interface*: each node uses the interface that carries its Slurm address, exported as
+  ``GLOO_SOCKET_IFNAME`` / ``NCCL_SOCKET_IFNAME``. Without it gloo binds to whatever the host name resolves
+  to (often 127.0.0.1) and the other nodes cannot connect. ``TorchrunJob.socket_ifname`` overrides it;
+- *EFA*: where an EFA device exists (``fi_info -p efa`` or an ``efa`` driver under ``/sys/class/infiniband``)
+  the node exports ``FI_PROVIDER=efa`` and ``FI_EFA_FORK_SAFE=1`` so NCCL's aws-ofi-nccl plugin uses it;
+- *preemption*: ``--requeue`` plus ``--signal=B:USR1@<lead>``: before the time limit (or when
+  ``preempt()`` simulates it) the script receives SIGUSR1 and sends SIGTERM to the job steps; torchrun
+  forwards it to the workers, which finish the step, save a checkpoint and exit (``smml_lib.checkpoint``);
+  then the script requeues the job, which starts again and resumes (``--resume``).
+
+**Following a job**: ``squeue``/``scontrol show job`` while Slurm remembers it (``MinJobAge``), then
+``sacct`` (accounting database, or ``sacct --completion`` with the local cluster's job-completion log).
+Every Slurm command runs with a timeout; failures raise ``SlurmError`` / ``JobFailed`` with the state,
+exit code, node and log tail. Without Slurm, ``submit_and_follow`` runs the same torchrun command on this
+machine (one node) and says so.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import re
+import shlex
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE",
+            "PREEMPTED", "SPECIAL_EXIT"}
+_ADDR_OF = "sed -n 's/.*NodeAddr=\\([^ ]*\\).*/\\1/p'"
+
+
+class SlurmError(RuntimeError):
+    """Slurm is unreachable, refused the job, or a job could not be followed; the message says what to do."""
+
+
+class JobFailed(SlurmError):
+    """A job ended in a state other than COMPLETED; ``run`` holds its state, exit code, nodes and log."""
+
+    def __init__(self, message: str, run: "JobRun"):
+        super().__init__(message)
+        self.run = run
+
+
+@dataclass
+class TorchrunJob:
+    """What to run on how many nodes; ``render_sbatch`` turns it into a script."""
+
+    worker: str  # "worker_hello", "worker_train", "worker_collectives" or a module name
+    args: list[str] = field(default_factory=list)
+    nodes: int = 2
+    nproc_per_node: int = 1  # processes per node (= GPUs per node on a GPU cluster)
+    gpus_per_node: int = 0  # adds --gpus-per-node (0 on CPU clusters)
+    name: str = "smml"
+    partition: str | None = None
+    time_limit: str = "00:30:00"
+    cpus_per_task: int | None = None
+    exclusive: bool = False  # whole nodes (real clusters: nobody else's job shares your GPUs' PCIe/NIC)
+    requeue: bool = True
+    signal_lead_s: int = 90  # SIGUSR1 this long before the time limit: finish a step and save in time
+    rdzv_port: int = 29500
+    socket_ifname: str | None = None  # None: each node uses the interface carrying its Slurm address
+    backend: str = "auto"  # SMML_BACKEND: auto = nccl when gpus_per_node > 0, else gloo
+    env: dict[str, str] = field(default_factory=dict)
+    python: str = field(default_factory=lambda: sys.executable)  # same path on every node (shared install)
+
+    @property
+    def world_size(self) -> int:
+        return self.nodes * self.nproc_per_node
+
+
+def new_run_dir(job: TorchrunJob) -> Path:
+    """A fresh folder for one job under ``<outputs>/slurm`` (must be on a file system all nodes share)."""
+    from smml_lib.paths import output_dir
+
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return output_dir("slurm", f"{stamp}-{job.name}-{uuid.uuid4().hex[:6]}")
+
+
+def _shell_word(token: str) -> str:
+    """Quote for bash; tokens holding ``$VARS`` are double-quoted so they expand on the node."""
+    return f'"{token}"' if "$" in token and '"' not in token else shlex.quote(token)
+
+
+def torchrun_line(job: TorchrunJob) -> str:
+    """The per-node torchrun command (shell text, expanded on each node), built by ``launcher.torchrun_command``."""
+    from smml_lib.launcher import torchrun_command
+
+    argv = torchrun_command(job.worker, job.args, nproc=job.nproc_per_node, nnodes=job.nodes,
+                            rdzv_endpoint="$HEAD_ADDR:$RDZV_PORT", rdzv_id="$SLURM_JOB_ID-$RESTART",
+                            python=job.python, log_dir="$SMML_RUN_DIR/logs/$SLURMD_NODENAME-$RESTART")
+    at = argv.index("-m", 3)  # torchrun's own options end where the worker module starts
+    argv[at:at] = ["--rdzv-conf", "is_host=$IS_HOST", "--local-addr", "$NODE_IP"]
+    return " ".join(_shell_word(a) for a in argv)
+
+
+def render_sbatch(job: TorchrunJob, run_dir: str | Path) -> str:
+    """The sbatch script for ``job`` with logs, results and checkpoints in ``run_dir`` (a shared folder)."""
+    run_dir = Path(run_dir)
+    backend = job.backend if job.backend != "auto" else ("nccl" if job.gpus_per_node else "gloo")
+    directives = [f"--job-name={job.name}", f"--nodes={job.nodes}",
+                  "--ntasks-per-node=1              # one torchrun per node; it starts the per-GPU processes"]
+    if job.gpus_per_node:
+        directives.append(f"--gpus-per-node={job.gpus_per_node}")
+    if job.cpus_per_task:
+        directives.append(f"--cpus-per-task={job.cpus_per_task}")
+    if job.exclusive:
+        directives.append("--exclusive")
+    if job.partition:
+        directives.append(f"--partition={job.partition}")
+    directives += [f"--time={job.time_limit}",
+                   f"--output={run_dir}/slurm-%j.out   # all nodes, one file; %j = job id",
+                   "--open-mode=append              # a requeued job appends to the same log",
+                   f"--chdir={run_dir}"]
+    if job.requeue:
+        directives += ["--requeue                       # may go back to the queue (preemption, node failure)",
+                       f"--signal=B:USR1@{job.signal_lead_s}          # warn this script {job.signal_lead_s} s "
+                       "before the time limit"]
+    env_lines = [f"export {k}={_shell_word(str(v))}" for k, v in job.env.items()]
+    ifname = f'"{job.socket_ifname}"' if job.socket_ifname else \
+        """$(ip -o -4 addr show | awk -v ip="$NODE_IP" '{split($4, a, "/"); if (a[1] == ip) {print $2; exit}}')"""
+    return f"""#!/bin/bash
+# {job.nodes}-node torchrun job: {job.worker} {' '.join(job.args)}
+# Written by smml_lib.slurm.render_sbatch. Submit with: sbatch {run_dir}/job.sbatch
+{chr(10).join('#SBATCH ' + d for d in directives)}
+set -uo pipefail
+
+export SMML_RUN_DIR={_shell_word(str(run_dir))}   # results, per-rank logs, checkpoints: a shared folder
+export SMML_BACKEND={backend} PYTHONUNBUFFERED=1 TQDM_DISABLE=1 HF_HUB_DISABLE_PROGRESS_BARS=1
+export TORCH_ELASTIC_SHUTDOWN_TIMEOUT={max(10, job.signal_lead_s - 15)}   # SIGTERM -> SIGKILL grace for workers
+export OMP_NUM_THREADS=${{OMP_NUM_THREADS:-$(( $(nproc) / {job.nproc_per_node} > 0 ? $(nproc) / {job.nproc_per_node} : 1 ))}}   # CPU threads per process
+{chr(10).join(env_lines)}
+export RESTART=${{SLURM_RESTART_COUNT:-0}}
+
+# 1. Rendezvous: the first node of the allocation hosts torchrun's c10d store, at its Slurm address.
+HEAD_NODE=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
+export HEAD_ADDR=$(scontrol show node "$HEAD_NODE" | {_ADDR_OF}) RDZV_PORT={job.rdzv_port}
+echo "[smml] job $SLURM_JOB_ID (restart $RESTART) on $SLURM_JOB_NODELIST: rendezvous $HEAD_ADDR:$RDZV_PORT, $(date +%T)"
+
+# 2. On every node: this node's address and interface, EFA if present, then torchrun.
+smml_node() {{
+  NODE_ADDR=$(scontrol show node "$SLURMD_NODENAME" | {_ADDR_OF})
+  export NODE_IP=$(getent ahostsv4 "$NODE_ADDR" | awk 'NR == 1 {{print $1}}')
+  export SMML_IFNAME={ifname}
+  export GLOO_SOCKET_IFNAME=$SMML_IFNAME NCCL_SOCKET_IFNAME=$SMML_IFNAME
+  EFA=no
+  if {{ command -v fi_info >/dev/null && fi_info -p efa -t FI_EP_RDM >/dev/null 2>&1; }} ||
+     ls -l /sys/class/infiniband/*/device/driver 2>/dev/null | grep -q '/efa$'; then
+    EFA=yes
+    export FI_PROVIDER=efa FI_EFA_FORK_SAFE=1   # NCCL's aws-ofi-nccl plugin then uses EFA, not TCP sockets
+  fi
+  IS_HOST=0; [ "$SLURM_NODEID" = 0 ] && IS_HOST=1
+  echo "[smml] node $SLURMD_NODENAME (node id $SLURM_NODEID): address $NODE_IP, interface $SMML_IFNAME, EFA $EFA"
+  exec {torchrun_line(job)}
+}}
+export -f smml_node
+
+# 3. Preemption: SIGUSR1 (time limit near, or `scancel --signal=USR1 --batch`) -> SIGTERM to the job
+#    steps; torchrun forwards it to the workers, which save a checkpoint and exit; then requeue.
+PREEMPTED=0
+on_usr1() {{
+  echo "[smml] $(date +%T) SIGUSR1: stopping the workers (SIGTERM) so they save a checkpoint"
+  PREEMPTED=1
+  scancel --signal=TERM "$SLURM_JOB_ID"
+}}
+trap on_usr1 USR1
+trap 'echo "[smml] $(date +%T) SIGTERM: the job is being cancelled or preempted"' TERM
+
+srun --kill-on-bad-exit=1 bash -c smml_node &
+SRUN_PID=$!
+while true; do wait "$SRUN_PID"; RC=$?; kill -0 "$SRUN_PID" 2>/dev/null || break; done
+if [ "$PREEMPTED" = 1 ] && [ "{int(job.requeue)}" = 1 ]; then
+  echo "[smml] $(date +%T) workers stopped (exit $RC): requeueing job $SLURM_JOB_ID; it resumes from its checkpoint"
+  scontrol requeue "$SLURM_JOB_ID"
+  exit 0
+fi
+echo "[smml] $(date +%T) torchrun finished with exit code $RC"
+exit $RC
+"""
+
+
+def write_script(job: TorchrunJob, run_dir: Path | None = None) -> Path:
+    """Create the run folder and write ``job.sbatch`` into it; returns the script's path."""
+    run_dir = Path(run_dir) if run_dir else new_run_dir(job)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / "job.sbatch"
+    path.write_text(render_sbatch(job, run_dir))
+    return path
+
+
+def slurm_cmd(args: list[str], env: dict[str, str] | None = None, timeout_s: float = 15.0,
+              check: bool = True) -> subprocess.CompletedProcess:
+    """Run a Slurm client command with a timeout; ``SlurmError`` when it is missing, hangs or fails."""
+    import os
+
+    try:
+        out = subprocess.run(args, capture_output=True, text=True, timeout=timeout_s,
+                             env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL)
+    except FileNotFoundError:
+        raise SlurmError(f"{args[0]} not found: this machine has no Slurm client. Use the course cluster's login "
+                         "node, or a local cluster (smml cluster up; needs root and the slurm packages).") from None
+    except subprocess.TimeoutExpired:
+        raise SlurmError(f"`{' '.join(args[:3])}` got no answer from Slurm within {timeout_s:.0f} s: is slurmctld "
+                         "running and reachable (scontrol ping)?") from None
+    if check and out.returncode != 0:
+        hint = " Is Slurm up (scontrol ping; the local cluster: smml cluster up)?" if "munge" in out.stderr.lower() \
+            or "contact slurm controller" in out.stderr.lower() else ""
+        raise SlurmError(f"`{' '.join(args[:3])}` failed (exit {out.returncode}): "
+                         f"{(out.stderr or out.stdout).strip()}{hint}")
+    return out
+
+
+@dataclass
+class JobRun:
+    """A submitted job as far as we followed it."""
+
+    job_id: str
+    run_dir: Path
+    script: Path
+    state: str = "SUBMITTED"
+    exit_code: str = ""  # "code:signal" as Slurm reports it
+    nodes: str = ""
+    reason: str = ""
+    restarts: int = 0
+    timeline: list[dict[str, Any]] = field(default_factory=list)
+    source: str = ""  # where the final state came from: scontrol, sacct, sacct --completion, local
+    where: str = "slurm"  # "slurm" or "local" (no Slurm: the same torchrun command on this machine)
+    submitted: float = field(default_factory=time.monotonic)
+
+    @property
+    def ok(self) -> bool:
+        return self.state == "COMPLETED"
+
+    @property
+    def log_path(self) -> Path:
+        return self.run_dir / (f"slurm-{self.job_id}.out" if self.where == "slurm" else "local.out")
+
+    def log(self, tail: int | None = None) -> str:
+        """The job's output (all nodes); ``tail``: only the last lines."""
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return "\n".join(text.splitlines()[-tail:]) if tail else text
+
+    def results(self, tag: str | None = None) -> Any:
+        """Every rank's result rows as one DataFrame (see ``smml_lib.launcher.read_results``)."""
+        from smml_lib.launcher import read_results
+
+        return read_results(self.run_dir, tag)
+
+    def seconds_in(self, state: str) -> float:
+        """Seconds spent in ``state`` (e.g. PENDING = queue wait), summed over the timeline."""
+        total = 0.0
+        for a, b in zip(self.timeline, self.timeline[1:]):
+            total += (b["t_s"] - a["t_s"]) if a["state"] == state else 0.0
+        return total
+
+    @property
+    def elapsed_s(self) -> float:
+        return self.timeline[-1]["t_s"] if self.timeline else 0.0
+
+    def frame(self) -> Any:
+        import pandas as pd
+
+        return pd.DataFrame(self.timeline)
+
+
+def parse_scontrol(text: str) -> dict[str, str]:
+    """``scontrol show job -o`` output -> {key: value}."""
+    return dict(re.findall(r"(\w[\w:/.]*)=(\S*)", text))
+
+
+def job_info(job_id: str, env: dict[str, str] | None = None) -> tuple[dict[str, str], str]:
+    """The job's fields and their source: ``scontrol`` while Slurm remembers it, else ``sacct``."""
+    out = slurm_cmd(["scontrol", "show", "job", "-o", str(job_id)], env, check=False)
+    if out.returncode == 0 and "JobState=" in out.stdout:
+        return parse_scontrol(out.stdout), "scontrol"
+    fmt = "JobID,State,ExitCode,NodeList"
+    for extra, source in (([], "sacct"), (["--completion"], "sacct --completion")):
+        acct = slurm_cmd(["sacct", *extra, "-j", str(job_id), "-X", "-n", "-P", f"--format={fmt}"], env, check=False)
+        rows = [r.split("|") for r in acct.stdout.splitlines() if r.split("|")[0] == str(job_id)]
+        if acct.returncode == 0 and rows:
+            r = rows[-1]
+            return {"JobId": r[0], "JobState": r[1].split()[0], "ExitCode": r[2], "NodeList": r[3]}, source
+    raise SlurmError(f"job {job_id} is unknown to scontrol and sacct (purged, or another cluster's id?)")
+
+
+def preempt(job_id: str, env: dict[str, str] | None = None) -> None:
+    """Send the job's batch script SIGUSR1, exactly what ``--signal=B:USR1@N`` does before the time limit."""
+    slurm_cmd(["scancel", "--signal=USR1", "--batch", str(job_id)], env)
+
+
+def start_now(job_id: str, env: dict[str, str] | None = None) -> None:
+    """Let a requeued job start at once (Slurm holds requeued jobs ~2 min, ``BeginTime``). Needs admin rights."""
+    slurm_cmd(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], env)
+
+
+def after_step(step: int) -> Callable[[str], bool]:
+    """A ``preempt_when`` predicate: true once the log shows the worker finished ``step``."""
+    pattern = re.compile(rf"\bstep\s+{step}/")
+    return lambda log: bool(pattern.search(log))
+
+
+def submit(job: TorchrunJob, cluster: Any = None, run_dir: Path | None = None, timeout_s: float = 30.0) -> JobRun:
+    """Write the script and ``sbatch`` it; returns the ``JobRun`` to follow. ``SlurmError`` if refused."""
+    env = cluster.env if cluster is not None else None
+    script = write_script(job, run_dir)
+    out = slurm_cmd(["sbatch", "--parsable", str(script)], env, timeout_s)
+    job_id = out.stdout.strip().split(";")[0]
+    if not job_id.isdigit():
+        raise SlurmError(f"sbatch did not return a job id: {out.stdout.strip()} {out.stderr.strip()}")
+    return JobRun(job_id, script.parent, script)
+
+
+def follow(run: JobRun, cluster: Any = None, *, timeout_s: float = 300.0, poll_s: float = 0.25, echo: bool = True,
+           preempt_when: Callable[[str], bool] | None = None, expedite_requeue: bool | None = None,
+           cancel_on_timeout: bool = True) -> JobRun:
+    """Poll the job until it ends; record each state change in ``run.timeline`` (and print it).
+
+    Args:
+        preempt_when: called with the log while the first run is RUNNING; when true, ``preempt`` the job once.
+        expedite_requeue: skip Slurm's requeue delay (``start_now``); default: on for the local cluster.
+        cancel_on_timeout: ``scancel`` a job still running at ``timeout_s`` (nothing keeps running behind a
+            notebook), then raise ``SlurmError``.
+    """
+    env = cluster.env if cluster is not None else None
+    expedite = expedite_requeue if expedite_requeue is not None else getattr(cluster, "kind", "") == "local"
+    preempted, last = False, None
+    deadline = time.monotonic() + timeout_s
+    while True:
+        info, source = job_info(run.job_id, env)
+        state = info.get("JobState", "UNKNOWN")
+        run.state, run.source, run.exit_code = state, source, info.get("ExitCode", run.exit_code)
+        run.nodes, run.reason = info.get("NodeList", run.nodes), info.get("Reason", "")
+        run.restarts = int(info.get("Restarts", run.restarts) or 0)
+        key = (state, run.reason if state == "PENDING" else "", run.restarts)
+        if key != last:
+            row = {"t_s": round(time.monotonic() - run.submitted, 2), "state": state, "reason": run.reason,
+                   "nodes": run.nodes if state != "PENDING" else "", "restarts": run.restarts}
+            run.timeline.append(row)
+            if echo:
+                extra = f"({run.reason})" if state == "PENDING" and run.reason not in ("", "None") else run.nodes
+                print(f"  {row['t_s']:7.2f} s  job {run.job_id}  {state:<10} {extra}"
+                      + (f"  restart {run.restarts}" if run.restarts else ""), flush=True)
+            last = key
+        if state in TERMINAL:
+            return run
+        if preempt_when and not preempted and state == "RUNNING" and run.restarts == 0 and preempt_when(run.log()):
+            preempt(run.job_id, env)
+            preempted = True
+            if echo:
+                print(f"  {time.monotonic() - run.submitted:7.2f} s  sent SIGUSR1 to the batch script (as Slurm "
+                      "does before a time limit)", flush=True)
+        if expedite and state == "PENDING" and run.restarts > 0 and run.reason == "BeginTime":
+            start_now(run.job_id, env)
+        if time.monotonic() > deadline:
+            if cancel_on_timeout:
+                slurm_cmd(["scancel", run.job_id], env, check=False)
+            raise SlurmError(f"job {run.job_id} still {state} ({run.reason}) after {timeout_s:.0f} s"
+                             + (" and was cancelled" if cancel_on_timeout else "") + f". Last log lines:\n{run.log(15)}")
+        time.sleep(poll_s)
+
+
+def failure_text(run: JobRun) -> str:
+    """Why a job failed: state, exit code, nodes, the failing rank (if a worker recorded it) and the log tail."""
+    from smml_lib.launcher import failure_message
+
+    code, _, sig = run.exit_code.partition(":")
+    head = f"job {run.job_id} ended {run.state} (exit code {code or '?'}" + (f", signal {sig}" if sig not in ("", "0")
+                                                                              else "") + f") on {run.nodes or '?'}"
+    tail = run.log(20).splitlines()
+    if any(run.run_dir.glob("rank*.error.json")) or any(run.run_dir.glob("logs/**/error.json")):
+        message = failure_message(run.run_dir, int(code) if code.isdigit() else None, tail)[0]
+        return f"{head}: {message}\nlog: {run.log_path}"
+    return f"{head}. Last lines of {run.log_path}:\n" + "\n".join(tail)
+
+
+def submit_and_follow(job: TorchrunJob, cluster: Any = None, *, timeout_s: float = 300.0, check: bool = True,
+                      echo: bool = True, run_dir: Path | None = None, **follow_kwargs: Any) -> JobRun:
+    """Submit ``job`` to ``cluster`` and follow it to the end; raise ``JobFailed`` unless it COMPLETED.
+
+    ``cluster``: a ``smml_lib.cluster.Cluster`` (its ``env`` points the Slurm commands at it); when it is
+    unavailable, the same torchrun command runs on this machine instead (``where="local"``).
+    """
+    if cluster is not None and not cluster.available:
+        return run_locally(job, reason=cluster.reason, timeout_s=timeout_s, check=check, echo=echo, run_dir=run_dir,
+                           preempt_when=follow_kwargs.get("preempt_when"))
+    run = submit(job, cluster, run_dir)
+    if echo:
+        print(f"submitted job {run.job_id}: {run.script}", flush=True)
+    follow(run, cluster, timeout_s=timeout_s, echo=echo, **follow_kwargs)
+    if check and not run.ok:
+        raise JobFailed(failure_text(run), run)
+    return run
+
+
+def queue_frame(cluster: Any = None) -> Any:
+    """``squeue`` as a DataFrame: job id, name, state, elapsed, nodes, node list or pending reason."""
+    import pandas as pd
+
+    out = slurm_cmd(["squeue", "-h", "-o", "%i|%j|%T|%M|%D|%R"], cluster.env if cluster is not None else None)
+    rows = [line.split("|") for line in out.stdout.splitlines() if line.strip()]
+    return pd.DataFrame(rows, columns=["job_id", "name", "state", "elapsed", "nodes", "nodelist_or_reason"])
+
+
+def nodes_frame(cluster: Any = None) -> Any:
+    """``scontrol show nodes`` as a DataFrame: node, address, state, CPUs, GPUs (gres), partitions."""
+    import pandas as pd
+
+    out = slurm_cmd(["scontrol", "show", "nodes", "-o"], cluster.env if cluster is not None else None)
+    rows = []
+    for line in out.stdout.splitlines():
+        f = parse_scontrol(line)
+        if f:
+            rows.append({"node": f.get("NodeName"), "address": f.get("NodeAddr"), "state": f.get("State"),
+                         "cpus": int(f.get("CPUTot", 0) or 0), "gres": f.get("Gres"), "partitions": f.get("Partitions")})
+    return pd.DataFrame(rows)
+
+
+def run_locally(job: TorchrunJob, *, reason: str = "", timeout_s: float = 300.0, check: bool = True,
+                echo: bool = True, run_dir: Path | None = None,
+                preempt_when: Callable[[str], bool] | None = None) -> JobRun:
+    """No Slurm here: run the same worker under torchrun on this machine, ``nodes x nproc`` processes on 1 node.
+
+    The sbatch script is still written (it is what a cluster would run). A ``preempt_when`` drill sends
+    SIGTERM to torchrun instead of SIGUSR1 to a batch script, and "requeues" by running the command again.
+    """
+    import signal
+    import threading
+
+    from smml_lib.launcher import LaunchError, start
+
+    script = write_script(job, run_dir)
+    run = JobRun("local", script.parent, script, where="local")
+    if echo:
+        print(f"No Slurm cluster here ({reason}).\nRunning the same worker on this machine instead: "
+              f"{job.world_size} processes on 1 node (torchrun --standalone). A cluster would run {script}.",
+              flush=True)
+    lines: list[str] = []
+    while True:
+        run.timeline.append({"t_s": round(time.monotonic() - run.submitted, 2), "state": "RUNNING", "reason": "",
+                             "nodes": "localhost", "restarts": run.restarts})
+        handle = start(job.worker, job.args, nproc=job.world_size, timeout_s=timeout_s, env=dict(job.env),
+                       run_dir=run.run_dir, echo=echo)
+        done, sent = threading.Event(), []
+
+        def watch() -> None:
+            while not done.wait(0.2):
+                if preempt_when("\n".join(list(handle.tail))):
+                    sent.append(time.monotonic())
+                    handle.stop(signal.SIGTERM)
+                    return
+
+        if preempt_when and run.restarts == 0:
+            threading.Thread(target=watch, daemon=True).start()
+        try:
+            df = handle.wait()
+        except LaunchError as exc:
+            run.state, run.exit_code = "FAILED", f"{handle.proc.returncode}:0"
+            lines += list(handle.tail)
+            run.log_path.write_text("\n".join(lines) + "\n")
+            run.timeline.append({"t_s": round(time.monotonic() - run.submitted, 2), "state": "FAILED",
+                                 "reason": "", "nodes": "localhost", "restarts": run.restarts})
+            if check:
+                raise JobFailed(f"local run of {job.worker} failed: {exc}", run) from None
+            return run
+        finally:
+            done.set()
+        lines += list(handle.tail)
+        if sent and df.attrs.get("stopped_early"):
+            run.restarts += 1  # what --requeue does on a cluster: the same command again, resuming
+            if echo:
+                print("  workers stopped after a checkpoint: running the command again (as a requeue would)")
+            continue
+        break
+    run.state, run.exit_code, run.nodes, run.source = "COMPLETED", "0:0", "localhost", "local"
+    run.timeline.append({"t_s": round(time.monotonic() - run.submitted, 2), "state": "COMPLETED", "reason": "",
+                         "nodes": "localhost", "restarts": run.restarts})
+    run.log_path.write_text("\n".join(lines) + "\n")
+    return run

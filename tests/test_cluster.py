@@ -1,0 +1,120 @@
+"""The local two-node Slurm cluster, for real: ``pytest tests/test_cluster.py`` (as root, Slurm installed).
+
+A session fixture starts the cluster once (network namespaces + munged + slurmctld + 2 slurmd) and stops it
+at the end, checking that nothing is left behind. Jobs are real ``sbatch`` submissions of the script from
+``smml_lib.slurm.render_sbatch`` running ``torchrun`` across the two namespace hosts over gloo. Without
+root or the Slurm packages these tests are skipped with the reason (``scripts/course.sh setup`` installs
+the packages as root).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+
+from smml_lib import cluster, slurm
+
+PROBLEMS = cluster.preflight()
+needs_cluster = pytest.mark.skipif(bool(PROBLEMS), reason="; ".join(PROBLEMS) or "ok")
+pytestmark = [pytest.mark.cluster]
+
+
+@pytest.fixture(scope="session")
+def local_cluster():
+    if PROBLEMS:
+        pytest.skip("; ".join(PROBLEMS))
+    c = cluster.up()
+    yield c
+    report = cluster.down()
+    assert report.clean, report.leftovers
+
+
+def _ours_left() -> list[str]:
+    links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True, timeout=10).stdout
+    spaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, timeout=10).stdout
+    return [w for w in ("smml-br0", "smml-h1", "smml-h2", "smml-node1", "smml-node2") if w in links + spaces]
+
+
+def test_preflight_explains_missing_root(monkeypatch):
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    problems = cluster.preflight()
+    assert any("needs root" in p and "sudo smml cluster up" in p for p in problems)
+    c = cluster.ensure("local")
+    assert not c.available and "root" in c.reason
+
+
+@needs_cluster
+def test_nodes_are_idle_namespace_hosts_with_their_own_addresses(local_cluster):
+    nodes = slurm.nodes_frame(local_cluster)
+    assert list(nodes["node"]) == ["node1", "node2"]
+    assert list(nodes["address"]) == ["10.213.0.11", "10.213.0.12"]
+    assert set(nodes["state"]) <= {"IDLE", "MIXED", "ALLOCATED"}
+    status = cluster.status()
+    assert status["up"] and all(d["alive"] for d in status["daemons"]) and len(status["daemons"]) == 4
+    again = cluster.up()  # a second up reuses the running cluster
+    assert not again.started_here and again.conf == local_cluster.conf
+
+
+@needs_cluster
+def test_two_node_torchrun_job(local_cluster):
+    job = slurm.TorchrunJob("worker_hello", nodes=2, nproc_per_node=1, name="hello")
+    run = slurm.submit_and_follow(job, local_cluster, timeout_s=240, echo=False)
+    assert run.ok and run.exit_code == "0:0" and run.nodes == "node[1-2]"
+    assert [r["state"] for r in run.timeline][-1] == "COMPLETED" and "RUNNING" in run.frame()["state"].tolist()
+    df = run.results().sort_values("rank")
+    assert list(df["node"]) == ["node1", "node2"] and list(df["node_ip"]) == ["10.213.0.11", "10.213.0.12"]
+    assert (df["ifname"] == "smml0").all() and (df["allreduce_sum"] == 1).all()
+    assert "rendezvous 10.213.0.11:29500" in run.log()
+    queue = slurm.queue_frame(local_cluster)
+    assert run.job_id not in set(queue["job_id"])  # finished jobs leave the queue
+
+
+@needs_cluster
+def test_failed_job_reports_rank_node_and_traceback(local_cluster):
+    job = slurm.TorchrunJob("worker_hello", ["--steps", "4", "--inject-fault", "crash", "--fault-rank", "1",
+                                             "--fault-step", "2"], nodes=2, name="crash")
+    with pytest.raises(slurm.JobFailed) as err:
+        slurm.submit_and_follow(job, local_cluster, timeout_s=240, echo=False)
+    text = str(err.value)
+    assert "FAILED" in text and "exit code" in text and "node[1-2]" in text
+    assert "rank 1 on node2" in text and "injected crash" in text
+    assert err.value.run.state == "FAILED"
+
+
+@needs_cluster
+def test_preempted_job_saves_requeues_and_resumes(local_cluster):
+    job = slurm.TorchrunJob("worker_hello", ["--steps", "6", "--step-s", "0.3", "--resume"], nodes=2,
+                            name="preempt")
+    run = slurm.submit_and_follow(job, local_cluster, timeout_s=300, echo=False, preempt_when=slurm.after_step(3))
+    assert run.ok and run.restarts == 1
+    assert "SIGUSR1" in run.log() and "requeueing job" in run.log()
+    df = run.results()
+    assert (df["restart"] == 1).all() and (df["first_step"] >= 4).all() and (df["last_step"] == 6).all()
+
+
+@needs_cluster
+def test_link_limit_is_applied_and_removed(local_cluster):
+    with cluster.link_limit(100) as cmds:
+        assert len(cmds) == 2 and all("tbf rate 100" in c for c in cmds)
+        links = cluster.status()["links"]
+        assert all("tbf" in q and "100Mbit" in q for q in links.values()), links
+    assert not any("tbf" in q for q in cluster.status()["links"].values())
+
+
+@needs_cluster
+def test_down_leaves_nothing_then_up_again(local_cluster):
+    report = cluster.down()
+    assert report.clean and not _ours_left()
+    assert not cluster.status()["up"]
+    assert not any(d["alive"] for d in cluster.status()["daemons"])  # state.json is gone too
+    c = cluster.up()  # the session fixture tears it down at the end
+    assert c.started_here and cluster.status()["up"]
+
+
+@needs_cluster
+def test_cli_status_and_limit(local_cluster, capsys):
+    assert cluster.cli(["status"]) == 0
+    assert '"up": true' in capsys.readouterr().out
+    assert cluster.cli(["limit", "50"]) == 0 and cluster.cli(["limit", "off"]) == 0
