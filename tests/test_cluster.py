@@ -85,13 +85,13 @@ def test_failed_job_reports_rank_node_and_traceback(local_cluster):
 
 @needs_cluster
 def test_preempted_job_saves_requeues_and_resumes(local_cluster):
-    job = slurm.TorchrunJob("worker_hello", ["--steps", "6", "--step-s", "0.3", "--resume"], nodes=2,
+    job = slurm.TorchrunJob("worker_hello", ["--steps", "8", "--step-s", "0.5", "--resume"], nodes=2,
                             name="preempt")
     run = slurm.submit_and_follow(job, local_cluster, timeout_s=300, echo=False, preempt_when=slurm.after_step(3))
     assert run.ok and run.restarts == 1
     assert "SIGUSR1" in run.log() and "requeueing job" in run.log()
     df = run.results()
-    assert (df["restart"] == 1).all() and (df["first_step"] >= 4).all() and (df["last_step"] == 6).all()
+    assert (df["restart"] == 1).all() and (df["first_step"] >= 4).all() and (df["last_step"] == 8).all()
 
 
 @needs_cluster

@@ -106,15 +106,15 @@ def test_missing_slurm_client_is_explained(monkeypatch, tmp_path):
 def test_without_slurm_the_same_job_runs_locally_and_survives_a_preemption(tmp_path):
     """No cluster: the worker runs on this machine; the drill stops it after step 2 and it resumes."""
     nocluster = Cluster("none", "test: no Slurm here")
-    job = slurm.TorchrunJob("worker_hello", ["--steps", "6", "--step-s", "0.2", "--resume"], nodes=2,
+    job = slurm.TorchrunJob("worker_hello", ["--steps", "8", "--step-s", "0.4", "--resume"], nodes=2,
                             nproc_per_node=1, name="local")
     run = slurm.submit_and_follow(job, nocluster, run_dir=tmp_path / "run", preempt_when=slurm.after_step(2),
                                   timeout_s=180, echo=False)
     assert run.where == "local" and run.ok and run.restarts == 1
     df = run.results()
-    assert len(df) == 2 and (df["last_step"] == 6).all() and (df["first_step"] > 1).all()
+    assert len(df) == 2 and (df["last_step"] == 8).all() and (df["first_step"] > 1).all()
     assert (tmp_path / "run" / "job.sbatch").exists()  # the script a cluster would run is still written
-    assert "step    6/6" in run.log()
+    assert "step    8/8" in run.log()
 
 
 def test_python_and_module_paths_are_absolute_in_script(tmp_path):
