@@ -153,6 +153,15 @@ def test_appendix_anchor_ids_are_unique_and_slug_shaped():
     assert not bad, f"anchors must be lowercase a-z, 0-9 and single hyphens: {bad}"
 
 
+def test_appendix_index_lists_every_term():
+    """The 'terms by topic' table at the top links every defined term, so a new term cannot hide."""
+    text = APPENDIX.read_text()
+    terms = re.findall(r'^#{3,4} +<a id="([^"]+)"></a>', text, re.MULTILINE)
+    head = text.split('<a id="definitions"></a>')[0]
+    unlisted = [t for t in terms if f"](#{t})" not in head]
+    assert not unlisted, f"APPENDIX.md's 'Terms by topic' table does not list: {unlisted}"
+
+
 def test_appendix_shows_every_diagram():
     text = APPENDIX.read_text()
     missing = [name for name in diagrams.DIAGRAMS if f"assets/{name}.svg" not in text]
