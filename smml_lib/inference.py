@@ -191,3 +191,68 @@ def generated_tokens(model: Any, tokenizer: Any, prompt: str = DEFAULT_PROMPT, *
     """Greedy tokens from ``timed_generate``'s hand-written loop (same loop, token ids instead of timings)."""
     return timed_generate(model, tokenizer, prompt, max_new_tokens=max_new_tokens, prompt_tokens=prompt_tokens,
                           use_cache=use_cache).token_ids
+
+
+def tensor_bytes(tensors: Any) -> int:
+    """Bytes held by an iterable of tensors, each storage counted once (tied weights are one tensor)."""
+    seen, total = set(), 0
+    for t in tensors:
+        key = t.untyped_storage().data_ptr() if t.numel() else id(t)
+        if key not in seen:
+            seen.add(key)
+            total += t.untyped_storage().nbytes()
+    return total
+
+
+def cache_bytes(past_key_values: Any) -> int:
+    """Bytes of a Hugging Face KV cache (keys and values of every layer)."""
+    layers = getattr(past_key_values, "layers", None) or []
+    return tensor_bytes([x for layer in layers for x in (getattr(layer, "keys", None), getattr(layer, "values", None))
+                         if x is not None])
+
+
+def measure_memory(model: Any, tokenizer: Any, *, batch_size: int = 1, context_len: int = 512) -> "Any":
+    """Memory of inference, measured, next to the prediction from the config (``anatomy.inference_memory``).
+
+    - **weights**: bytes of the model's parameters and buffers (each tensor storage once);
+    - **kv_cache**: bytes of the cache after a prefill of ``batch_size`` x ``context_len`` tokens;
+    - **activations_peak** (GPU only): the allocator's peak during that prefill above weights + cache, the
+      temporary tensors a forward pass needs (on a CPU they come and go through malloc: not measured).
+
+    On CUDA the weights and cache are also read from ``torch.cuda.memory_allocated`` (column ``allocator_bytes``),
+    the allocator's own view. Returns a DataFrame: item, predicted_bytes, measured_bytes, allocator_bytes, ratio.
+    """
+    import pandas as pd
+    import torch
+
+    from smml_lib import anatomy
+
+    dev = model_device(model)
+    dtype = str(next(model.parameters()).dtype).replace("torch.", "")
+    weights = tensor_bytes(list(model.parameters()) + list(model.buffers()))
+    ids = prompt_ids(tokenizer, batch_size=batch_size, prompt_tokens=context_len, device=dev)
+    cuda = dev.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize(dev)
+        before = torch.cuda.memory_allocated(dev)
+        torch.cuda.reset_peak_memory_stats(dev)
+    with torch.inference_mode():
+        out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
+    cache = out.past_key_values
+    del out  # keep only the cache (logits of the last position are tiny anyway)
+    kv = cache_bytes(cache)
+    alloc_w = alloc_kv = peak = None
+    if cuda:
+        torch.cuda.synchronize(dev)
+        alloc_w = before  # everything allocated before the prefill: the weights (plus small buffers)
+        alloc_kv = torch.cuda.memory_allocated(dev) - before
+        peak = torch.cuda.max_memory_allocated(dev) - before - alloc_kv
+    del cache
+    pred = anatomy.inference_memory(model.config, dtype, batch_size, context_len).set_index("item")["bytes"]
+    rows = [("weights", pred["weights"], weights, alloc_w), ("kv_cache", pred["kv_cache"], kv, alloc_kv),
+            ("activations_peak", None, peak, peak)]
+    df = pd.DataFrame(rows, columns=["item", "predicted_bytes", "measured_bytes", "allocator_bytes"])
+    df.loc[len(df)] = ["weights + kv_cache", pred["total"], weights + kv,
+                       (alloc_w + alloc_kv) if cuda else None]
+    df["measured_over_predicted"] = df["measured_bytes"] / df["predicted_bytes"]
+    return df
