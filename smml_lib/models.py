@@ -130,11 +130,22 @@ def download_from_hub(repo_id: str, *, token: str | None = None, revision: str |
 
 def resolve_checkpoint(model_id: str, *, token: str | None = None, revision: str | None = None,
                        timeout_s: float = 5.0) -> tuple[Path, str]:
-    """Map ``model_id`` to a local checkpoint folder. Returns ``(folder, kind)``, kind in tiny/local/hub."""
+    """Map ``model_id`` to a local checkpoint folder. Returns ``(folder, kind)``, kind in tiny/local/hub/s3.
+
+    ``s3://bucket/prefix`` is downloaded once into the smml cache (``smml_lib.storage.fetch_model``;
+    ``AWS_ENDPOINT_URL_S3`` points it at an S3-compatible server).
+    """
     if model_id == "tiny":
         from smml_lib.tiny import tiny_llama_path
 
         return tiny_llama_path(), "tiny"
+    if model_id.startswith("s3://"):
+        from smml_lib.storage import StorageError, fetch_model
+
+        try:
+            return fetch_model(model_id), "s3"
+        except StorageError as exc:
+            raise ModelLoadError(f"Cannot fetch {model_id!r} from S3: {exc}") from None
     if _looks_like_path(model_id):
         path = Path(model_id).expanduser()
         if not path.is_dir():
