@@ -51,9 +51,11 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from smml_lib.dist import DistEnv, any_rank, barrier
 
@@ -118,6 +120,15 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
+@contextmanager
+def _single_process_ok(env: DistEnv) -> Iterator[None]:
+    """Silence DCP's "assuming single process" warning when that is exactly what we run."""
+    with warnings.catch_warnings():
+        if not env.distributed:
+            warnings.filterwarnings("ignore", message=".*assuming the intent is to (save|load) in a single process.*")
+        yield
+
+
 def save_checkpoint(root: str | os.PathLike, step: int, model: Any, optimizer: Any, env: DistEnv, *,
                     meta: dict[str, Any] | None = None, keep_last: int = 2) -> CheckpointInfo:
     """Save a sharded checkpoint of ``model`` and ``optimizer`` after global step ``step`` (collective).
@@ -137,7 +148,8 @@ def save_checkpoint(root: str | os.PathLike, step: int, model: Any, optimizer: A
         shutil.rmtree(partial, ignore_errors=True)  # a leftover of a save that was killed
     barrier(env)
     model_sd, optim_sd = get_state_dict(model, optimizer)
-    dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(partial))
+    with _single_process_ok(env):
+        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(partial))
     (partial / "rng").mkdir(parents=True, exist_ok=True)
     torch.save(_rng_state(), partial / "rng" / f"rank{env.rank}.pt")
     barrier(env)
@@ -177,7 +189,8 @@ def load_checkpoint(path: str | os.PathLike, model: Any, optimizer: Any, env: Di
     meta = read_meta(path)
     model_sd, optim_sd = get_state_dict(model, optimizer)
     state = {"model": model_sd, "optim": optim_sd}
-    dcp.load(state, checkpoint_id=str(path))
+    with _single_process_ok(env):
+        dcp.load(state, checkpoint_id=str(path))
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
     rng = path / "rng" / f"rank{env.rank}.pt"
     if meta.get("world_size") == env.world_size and rng.exists():

@@ -122,7 +122,11 @@ def wrap(model: Any, strategy: str, args: argparse.Namespace, env: DistEnv) -> A
     import torch
 
     if args.activation_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        kwargs = {"use_reentrant": False}  # non-reentrant checkpointing works with DDP and FSDP2
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x name
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     if strategy == "single":
         if env.world_size > 1:
             raise ValueError("strategy 'single' runs in one process: launch it with nproc=1")
@@ -142,21 +146,15 @@ def wrap(model: Any, strategy: str, args: argparse.Namespace, env: DistEnv) -> A
         if args.precision == "bf16" else MixedPrecisionPolicy()
     for layer in model.model.layers:
         fully_shard(layer, mesh=mesh, reshard_after_forward=args.reshard_after_forward, mp_policy=mp)
-    fully_shard(model, mesh=mesh, reshard_after_forward=args.reshard_after_forward, mp_policy=mp)
+    # the root group (embeddings, final norm, head) is needed again right at the start of backward: with the
+    # default (None) FSDP keeps it gathered after forward instead of freeing and re-gathering it at once
+    fully_shard(model, mesh=mesh, reshard_after_forward=None if args.reshard_after_forward else False, mp_policy=mp)
     return model
 
 
 def lr_at(step: int, args: argparse.Namespace) -> float:
     """Learning rate as a pure function of the step (linear warm-up over 10 steps): nothing to checkpoint."""
     return args.lr * min(1.0, step / 10)
-
-
-def train_flops_per_token(model_cfg: Any, seq_len: int) -> float:
-    """Model FLOPs per trained token: 3x forward (backward costs 2x forward), attention over ``seq_len``
-    (PaLM's convention: causal masking and recomputation are not counted)."""
-    from smml_lib.anatomy import forward_flops_per_token
-
-    return 3 * forward_flops_per_token(model_cfg, context_len=seq_len)
 
 
 def peak_tflops(env: DistEnv, precision: str) -> float | None:
@@ -271,6 +269,8 @@ def run_strategy(args: argparse.Namespace, env: DistEnv, strategy: str, stop: ck
     timed = times[args.warmup_steps:] or times
     step_s = float(np.median(timed)) if timed else float("nan")
     tokens_per_s = data.tokens_per_step() / step_s if timed else float("nan")
+    from smml_lib.scaling import train_flops_per_token
+
     fpt = train_flops_per_token(cfg, args.seq_len)
     peak = peak_tflops(env, args.precision)
     if cuda:
@@ -328,7 +328,7 @@ def main(argv: list[str]) -> int:
            env=env)
     for strategy in args.strategies:
         row = run_strategy(args, env, strategy, stop)
-        row["pid"] = os.getpid()
+        row.update(pid=os.getpid(), exit_code=ckpt.EXIT_STOPPED if row["stopped_early"] else 0)
         write_result(row, env, tag=f"train-{strategy}", folder=args.run_dir)
         if row["stopped_early"]:
             barrier(env)  # every rank has written its result before any exits
