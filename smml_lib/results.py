@@ -79,3 +79,26 @@ def load_result(name: str, *, prefer: str = "own", mode: str | None = None) -> R
             return res
     raise FileNotFoundError(f"No result {name!r}: run the lab that saves it (or the main job, "
                             f"bash scripts/course.sh labs); looked in {own} and {ref}.")
+
+
+def beside_reference(name: str, own: Any, *, on: list[str], columns: list[str]) -> tuple[Any | None, str]:
+    """Your measurement next to the committed reference result ``name``, joined on the ``on`` columns.
+
+    Returns ``(table, note)``: ``table`` has ``<column>_yours`` and ``<column>_reference`` for each of
+    ``columns`` (``None`` when no reference is committed yet), and ``note`` says where and when the
+    reference was measured, or that there is none yet. Never raises for a missing reference.
+    """
+    path = reference_dir() / f"{name}.json"
+    if not path.exists():
+        return None, (f"No committed reference result {name!r} yet (assets/reference_results/{name}.json): only your "
+                      "own measurement is shown. Reference results are measured on a real GPU and committed with "
+                      "their device, date and versions.")
+    ref = _read(path, "reference")
+    env = ref.meta.get("env") or {}
+    keep = [c for c in on + columns if c in ref.frame.columns]
+    table = own[[c for c in on + columns if c in own.columns]].merge(ref.frame[keep], on=on, how="outer",
+                                                                     suffixes=("_yours", "_reference"))
+    note = (f"Reference {name!r}: measured on {env.get('device_name', 'an unnamed device')} "
+            f"({ref.meta.get('mode') or 'unknown'} mode, {ref.meta.get('saved_utc', 'undated')}, "
+            f"torch {env.get('torch', '?')}, driver {env.get('driver', '?')}).")
+    return table, note

@@ -94,3 +94,22 @@ def test_measured_memory_matches_the_config(tiny_model):
     assert df.loc["weights", "measured_over_predicted"] == pytest.approx(1.0, rel=1e-3)  # + rotary buffer
     assert df.loc["kv_cache", "measured_bytes"] == anatomy.kv_cache_bytes_per_token(model.config, "fp32") * 2 * 32
     assert pd.isna(df.loc["activations_peak", "measured_bytes"])  # CPU: not measured
+
+
+def test_beside_reference_with_and_without_a_reference(tmp_path, monkeypatch):
+    import json
+
+    from smml_lib import results
+
+    own = pd.DataFrame({"batch_size": [1, 8], "decode_tokens_per_s": [50.0, 380.0]})
+    monkeypatch.setattr(results, "reference_dir", lambda: tmp_path)
+    table, note = results.beside_reference("m01_x", own, on=["batch_size"], columns=["decode_tokens_per_s"])
+    assert table is None and "No committed reference result 'm01_x'" in note
+    (tmp_path / "m01_x.json").write_text(json.dumps({
+        "name": "m01_x", "saved_utc": "2026-01-01T00:00:00+00:00", "mode": "real",
+        "env": {"device_name": "NVIDIA L4", "torch": "2.6", "driver": "550"},
+        "records": [{"batch_size": 1, "decode_tokens_per_s": 60.0}, {"batch_size": 64, "decode_tokens_per_s": 2000.0}]}))
+    table, note = results.beside_reference("m01_x", own, on=["batch_size"], columns=["decode_tokens_per_s"])
+    assert "NVIDIA L4" in note and "real mode" in note
+    assert list(table["batch_size"]) == [1, 8, 64]
+    assert table.loc[0, "decode_tokens_per_s_reference"] == 60.0 and table.loc[1, "decode_tokens_per_s_yours"] == 380.0
