@@ -264,6 +264,40 @@ def get_prices(instance_types: Iterable[str] = COURSE_INSTANCES, region: str = "
                       "(Price List API for on-demand, spot price history for spot).")
 
 
+def plot_prices(table: PriceTable, name: str = "m04_prices_per_accelerator_hour") -> None:
+    """Bars: on-demand $ per accelerator-hour per instance type, with the spot range across AZs as a line."""
+    from smml_lib import plots
+
+    df = table.frame.sort_values("on_demand_usd_per_accelerator_h")
+    fig, ax = plots.figure(size=(8, 4), title=f"Price per accelerator-hour ({table.source}, {df['region'].iloc[0]})")
+    plots.bars(df, "instance_type", "on_demand_usd_per_accelerator_h", ax=ax, annotate="{:.2f}", color="#4c72b0")
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    for i, (_, r) in enumerate(df.iterrows()):
+        lo, hi = r["spot_min_usd_per_h"] / r["accelerators"], r["spot_max_usd_per_h"] / r["accelerators"]
+        ax.plot([i, i], [lo, hi], color="#dd8452", lw=6, solid_capstyle="butt")
+    ax.set_ylabel("USD per accelerator-hour")
+    ax.legend(handles=[Patch(color="#4c72b0", label="on-demand"),
+                       Line2D([], [], color="#dd8452", lw=6, label="spot, lowest to highest AZ")], loc="upper left")
+    src = snapshot_label() if table.source == "snapshot" else "live AWS prices"
+    plots.finish(fig, name, caption=f"{src} · {_dt.date.today().isoformat()}")
+
+
+def plot_spot_zones(spot: Any, on_demand_usd_per_h: float, instance_type: str, name: str | None = None) -> None:
+    """Bars: the spot price in each availability zone against the on-demand price (dashed)."""
+    from smml_lib import plots
+
+    zcol = "availability_zone_id" if "availability_zone_id" in spot.columns else "availability_zone"
+    df = spot[spot["instance_type"] == instance_type].sort_values(zcol)
+    fig, ax = plots.figure(size=(6.5, 3.6), title=f"{instance_type}: spot price per availability zone")
+    plots.bars(df, zcol, "usd_per_hour", ax=ax, annotate="{:.2f}", color="#dd8452")
+    ax.axhline(on_demand_usd_per_h, ls="--", color="0.3", label=f"on-demand {on_demand_usd_per_h:.2f}")
+    ax.set_ylabel("USD per instance-hour")
+    ax.legend()
+    plots.finish(fig, name or f"m04_spot_zones_{instance_type.replace('.', '_')}")
+
+
 def cli(argv: list[str]) -> int:
     """``smml prices [--region R] [--live | --snapshot] [--spot] [INSTANCE_TYPE ...]``."""
     import argparse

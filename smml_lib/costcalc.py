@@ -40,9 +40,9 @@ def training_flops(params: float, tokens: float) -> float:
     try:  # Module 02's scaling-law helpers are the course's one definition when they are there
         from smml_lib.scaling import training_flops as _module02
 
-        return float(_module02(params, tokens))
+        return float(_module02(float(params), float(tokens)))
     except (ImportError, AttributeError, TypeError):
-        return 6.0 * params * tokens
+        return 6.0 * float(params) * float(tokens)  # floats: numpy int64 products overflow past 9.2e18
 
 
 @dataclass
@@ -74,7 +74,12 @@ def training_run_cost(params: float, tokens: float, *, gpus: int, peak_tflops_pe
     if not 0 < mfu <= 1:
         raise ValueError(f"mfu is a fraction of peak in (0, 1], got {mfu}")
     flops = training_flops(params, tokens)
-    wall_s = flops / (gpus * peak_tflops_per_gpu * 1e12 * mfu)
+    try:  # Module 02's scaling-law helpers, the course's one definition, when they are there
+        from smml_lib.scaling import training_time_s
+
+        wall_s = float(training_time_s(flops, gpus, peak_tflops_per_gpu, mfu))
+    except (ImportError, AttributeError, TypeError):
+        wall_s = flops / (gpus * peak_tflops_per_gpu * 1e12 * mfu)
     wall_h = wall_s / SECONDS_PER_HOUR
     instances = gpus / gpus_per_instance
     return TrainingRunCost(params, tokens, flops, gpus, peak_tflops_per_gpu, mfu, wall_h, wall_h * gpus,
@@ -192,6 +197,42 @@ def checkpoint_interval_sweep(intervals_h: Sequence[float], *, work_h: float, ch
     return pd.DataFrame(rows)
 
 
+def plot_checkpoint_interval(checkpoint_cost_h: float, restart_h: float, mtbf_h: float, *, current_h: float | None = None,
+                             name: str = "m04_checkpoint_interval", title: str = "") -> Any:
+    """The U-curve: expected overhead against the checkpoint interval, with Young's, Daly's and the exact optimum.
+
+    Returns the sweep DataFrame (minutes on the x axis)."""
+    import numpy as np
+
+    from smml_lib import plots
+
+    young, daly = young_interval_h(checkpoint_cost_h, mtbf_h), daly_interval_h(checkpoint_cost_h, mtbf_h)
+    exact = optimal_interval_h(checkpoint_cost_h, restart_h, mtbf_h)
+    lo, hi = young / 30, min(young * 30, mtbf_h * 3)
+    if current_h:
+        lo, hi = min(lo, current_h / 3), max(hi, current_h * 3)
+    grid = np.geomspace(lo, hi, 100)
+    sweep = checkpoint_interval_sweep(grid, work_h=1.0, checkpoint_cost_h=checkpoint_cost_h, restart_h=restart_h,
+                                      mtbf_h=mtbf_h)
+    sweep["interval_min"] = sweep["interval_h"] * 60
+    sweep["lost_work_pct"] = sweep["overhead_pct"] - sweep["checkpoint_pct"]
+    fig, ax = plots.figure(size=(7, 4), title=title or "Expected overhead vs checkpoint interval")
+    ax.plot(sweep["interval_min"], sweep["overhead_pct"], lw=2, label="total overhead")
+    ax.plot(sweep["interval_min"], sweep["checkpoint_pct"], "--", label="writing checkpoints (δ/τ)")
+    ax.plot(sweep["interval_min"], sweep["lost_work_pct"], "--", label="lost work + restarts")
+    for label, tau, style in (("Young", young, "k:"), ("Daly", daly, "g:"), ("exact", exact, "r:")):
+        ax.axvline(tau * 60, color=style[0], ls=":", label=f"{label}: {tau * 60:.3g} min")
+    if current_h:
+        ax.axvline(current_h * 60, color="0.5", lw=3, alpha=0.4, label=f"yours: {current_h * 60:.3g} min")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("checkpoint interval τ (minutes)")
+    ax.set_ylabel("extra wall time (% of the work)")
+    ax.legend(fontsize=8)
+    plots.finish(fig, name)
+    return sweep
+
+
 # ------------------------------------------------------------------------------------- purchase options
 @dataclass(frozen=True)
 class Assumption:
@@ -239,8 +280,10 @@ def purchase_options(on_demand_usd_per_h: float, *, spot_usd_per_h: float | None
     od = on_demand_usd_per_h
     rows = [("On-Demand", od, "hours used", float("nan"), "no", price_basis)]
     if spot_usd_per_h is not None:
+        why = (f"; x{spot_overhead:.3f} for checkpoints and lost work (spot model)" if spot_overhead != 1
+               else "; interruption overhead not counted here")
         rows.append(("Spot (per useful hour)", spot_usd_per_h * spot_overhead, "hours used; can be interrupted",
-                     float("nan"), "no (2-min notice)", f"{price_basis}; overhead x{spot_overhead:.3f} from the spot model"))
+                     float("nan"), "no (2-min notice)", price_basis + why))
     for label, a in (("Savings Plan / RI, 1 year", terms.savings_plan_1yr_discount),
                      ("Savings Plan / RI, 3 years", terms.savings_plan_3yr_discount)):
         rate = od * (1 - float(a))
@@ -273,8 +316,28 @@ def monthly_cost_vs_usage(options: Any, used_h_per_month: Sequence[float]) -> An
     return pd.DataFrame(rows)
 
 
+def plot_break_even(options: Any, name: str = "m04_break_even", title: str = "") -> None:
+    """Monthly cost against hours used per month: flat lines (commitments) cross the on-demand ramp at break-even."""
+    from smml_lib import plots
+
+    hours = list(range(0, int(HOURS_PER_MONTH) + 1, 10))
+    curve = monthly_cost_vs_usage(options, hours)
+    fig, ax = plots.figure(size=(7, 4), title=title or "Monthly cost vs hours used")
+    plots.line(curve, "used_h_per_month", "usd_per_month", hue="option", ax=ax, marker="")
+    od = options.set_index("option").loc["On-Demand", "usd_per_hour"]
+    for _, o in options.dropna(subset=["break_even_utilization"]).iterrows():
+        if o["pays_for"].startswith("every") and o["break_even_utilization"] < 1:
+            h = o["break_even_utilization"] * HOURS_PER_MONTH
+            ax.plot([h], [h * od], "ko", ms=4)
+            ax.annotate(f"{h:.0f} h", (h, h * od), textcoords="offset points", xytext=(4, -12), fontsize=8)
+    ax.set_xlabel("hours used per month (730 = always on)")
+    ax.set_ylabel("USD per month, one instance")
+    plots.finish(fig, name)
+
+
 # -------------------------------------------------------------------------------------------- right-size
-UTIL_COLUMNS = ("gpu_util_pct", "util_pct", "utilization_pct", "gpu_utilization_pct", "cpu_pct", "cpu_percent")
+# smml_lib.telemetry: "util_gpu_pct" per GPU with NVML; "cpu_percent" (100 = one core busy) on the CPU fallback.
+UTIL_COLUMNS = ("util_gpu_pct", "gpu_util_pct", "utilization_pct", "cpu_percent")
 
 
 def idle_waste(telemetry: Any, usd_per_hour: float, *, util_col: str | None = None, device_col: str | None = None,
@@ -291,6 +354,8 @@ def idle_waste(telemetry: Any, usd_per_hour: float, *, util_col: str | None = No
     if col is None:
         raise KeyError(f"no utilization column among {UTIL_COLUMNS}; pass util_col= (columns: {list(telemetry.columns)})")
     dev = device_col or next((c for c in ("gpu", "device", "index") if c in telemetry.columns), None)
+    if dev and telemetry[dev].isna().all():
+        dev = None  # the CPU backend has gpu=None: one device, the process
     groups = telemetry.groupby(dev) if dev else [("all", telemetry)]
     per_device_usd_h = usd_per_hour / devices_per_instance
     rows = []
@@ -300,6 +365,104 @@ def idle_waste(telemetry: Any, usd_per_hour: float, *, util_col: str | None = No
         mean = float(util.mean())
         rows.append({"device": key, "samples": len(util), "mean_util_pct": mean, "idle_share": idle,
                      "idle_usd_per_h": idle * per_device_usd_h,
-                     "unused_usd_per_h": (1 - mean / 100) * per_device_usd_h,
+                     "unused_usd_per_h": max(0.0, 1 - mean / 100) * per_device_usd_h,
                      "idle_usd_per_month": idle * per_device_usd_h * HOURS_PER_MONTH})
     return pd.DataFrame(rows)
+
+
+def per_token_costs(throughput: Any, tokens_col: str, *, usd_per_instance_hour: float, gpus_per_instance: int,
+                    gpus_used: int = 1) -> Any:
+    """Add dollars per 1M tokens to a throughput table (one row per measurement).
+
+    Two readings of the same measurement: ``usd_per_1m_one_replica`` rents the whole instance for one copy of
+    the model on ``gpus_used`` GPUs (the other GPUs idle), ``usd_per_1m_instance_full`` fills the instance with
+    ``gpus_per_instance / gpus_used`` independent copies (data-parallel serving), i.e. pays per GPU-hour.
+    """
+    df = throughput.copy()
+    tps = df[tokens_col].astype(float)
+    df["usd_per_1m_one_replica"] = usd_per_instance_hour / (tps * SECONDS_PER_HOUR) * 1e6
+    df["usd_per_1m_instance_full"] = df["usd_per_1m_one_replica"] * gpus_used / gpus_per_instance
+    return df
+
+
+def training_cost_table(params: float, tokens: float, mfu: float, prices: Any) -> Any:
+    """Wall time and cost of one training run on one instance of each type in ``prices`` (a price table frame),
+    all GPUs of the instance busy at the same MFU (an assumption outside the hardware MFU was measured on)."""
+    import pandas as pd
+
+    rows = []
+    for _, r in prices.iterrows():
+        spec = accelerator_spec(r["accelerator"])
+        if spec is None or not spec.bf16_tflops:
+            continue
+        run = training_run_cost(params, tokens, gpus=int(r["accelerators"]), peak_tflops_per_gpu=spec.bf16_tflops,
+                                mfu=mfu, usd_per_instance_hour=r["on_demand_usd_per_h"],
+                                gpus_per_instance=int(r["accelerators"]))
+        rows.append({"instance_type": r["instance_type"], "accelerators": int(r["accelerators"]),
+                     "bf16_tflops_each": spec.bf16_tflops, "wall_h": run.wall_h, "usd": run.usd,
+                     "usd_per_h": r["on_demand_usd_per_h"]})
+    return pd.DataFrame(rows).sort_values("usd").reset_index(drop=True)
+
+
+# ----------------------------------------------------------------------------- inputs: measured or not
+# Datasheet row (smml_lib.hardware.SPECS, dense peaks) for each accelerator in the price snapshot.
+SPEC_FOR_ACCELERATOR = {"NVIDIA L4": "L4", "NVIDIA A10G": "A10G", "NVIDIA A100": "A100 40GB SXM",
+                        "NVIDIA H100": "H100 SXM", "AWS Trainium": "Trainium1"}
+
+
+def accelerator_spec(accelerator: str) -> Any:
+    """The ``AcceleratorSpec`` of an instance's accelerator name as the price table lists it (None if unknown)."""
+    from smml_lib.hardware import SPECS
+
+    name = SPEC_FOR_ACCELERATOR.get(accelerator)
+    return next((s for s in SPECS if s.name == name), None)
+
+
+@dataclass
+class Inputs:
+    """Throughput numbers for the cost calculators and, above all, where they come from."""
+
+    name: str
+    frame: Any  # DataFrame
+    source: str  # "own", "reference", or "prediction" / "assumption" when nothing was measured
+    label: str  # one line for the notebook: whose measurement, on what device, when
+
+    @property
+    def measured(self) -> bool:
+        return self.source in ("own", "reference")
+
+
+def load_inputs(name: str, mode: str, required: Sequence[str], fallback: Any, fallback_label: str) -> Inputs:
+    """A saved lab result (yours, else the committed reference) with ``required`` columns, else ``fallback``.
+
+    ``fallback`` is a DataFrame computed from a labelled prediction or assumption; ``fallback_label`` says
+    which (it is shown as is, so start it with PREDICTION or ASSUMPTION).
+    """
+    from smml_lib.results import load_result
+
+    kind = fallback_label.split()[0].strip(":").lower()  # "prediction" or "assumption"
+    try:
+        res = load_result(name, mode=mode)
+    except FileNotFoundError:
+        return Inputs(name, fallback, kind, f"{fallback_label} (no saved result {name!r})")
+    missing = [c for c in required if c not in res.frame.columns]
+    if missing or res.frame.empty:
+        return Inputs(name, fallback, kind,
+                      f"{fallback_label} (result {name!r} at {res.path} lacks columns {missing})")
+    env = res.meta.get("env") or {}
+    who = "your own" if res.source == "own" else "the committed reference"
+    label = (f"{who} result {name!r}: {res.meta.get('mode') or '?'} mode on {env.get('device_name', '?')}, "
+             f"saved {str(res.meta.get('saved_utc', '?'))[:10]}")
+    return Inputs(name, res.frame, res.source, label)
+
+
+def decode_roofline(batch_sizes: Sequence[int], *, weight_bytes: float, params: float, bandwidth_gbs: float,
+                    peak_tflops: float) -> Any:
+    """Upper bound on decode tokens/s per accelerator: every step reads all weights once (memory bound)
+    until 2·params FLOPs per token hit the compute peak. KV-cache reads are ignored, so it is optimistic."""
+    import pandas as pd
+
+    mem_bound = bandwidth_gbs * 1e9 / weight_bytes  # steps per second, each step makes `batch` tokens
+    compute_bound = peak_tflops * 1e12 / (2 * params)
+    return pd.DataFrame({"batch_size": list(batch_sizes),
+                         "decode_tokens_per_s": [min(b * mem_bound, compute_bound) for b in batch_sizes]})

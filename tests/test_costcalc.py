@@ -118,3 +118,35 @@ def test_idle_waste_hand_case():
 
 def test_hours_per_month_convention():
     assert cc.HOURS_PER_MONTH == 8760 / 12 and math.isclose(cc.SECONDS_PER_HOUR, 3600)
+
+
+def test_idle_waste_on_the_cpu_telemetry_backend():
+    # smml_lib.telemetry's CPU fallback: gpu=None, cpu_percent (100 = one core): [150, 0, 2, 80]
+    # -> one device, idle share 2/4 = 0.5, mean 58 %: idle 0.5 x 1.00 = 0.50 $/h, unused 0.42 x 1.00 = 0.42 $/h
+    tel = pd.DataFrame({"gpu": [None] * 4, "cpu_percent": [150.0, 0.0, 2.0, 80.0]})
+    w = cc.idle_waste(tel, 1.0).iloc[0]
+    assert (w["device"], w["idle_share"], w["mean_util_pct"]) == ("all", 0.5, 58.0)
+    assert (w["idle_usd_per_h"], w["unused_usd_per_h"]) == pytest.approx((0.50, 0.42))
+
+
+def test_per_token_costs_and_training_table_hand_case():
+    # 4.6016 $/h, 1000 tok/s on 1 of 4 GPUs: one replica 1.278222 $/1M; four replicas 1.278222 / 4 = 0.3195556 $/1M
+    df = cc.per_token_costs(pd.DataFrame({"tps": [1000.0]}), "tps", usd_per_instance_hour=4.6016, gpus_per_instance=4)
+    assert df.iloc[0][["usd_per_1m_one_replica", "usd_per_1m_instance_full"]].tolist() == pytest.approx(
+        [1.278222, 0.3195556], rel=1e-6)
+    # the training table reuses training_run_cost: 1B x 20B tokens at MFU 0.4 on g6.12xlarge = 172.1763 h, 792.2865 $
+    prices = pd.DataFrame([{"instance_type": "g6.12xlarge", "accelerator": "NVIDIA L4", "accelerators": 4,
+                            "on_demand_usd_per_h": 4.6016},
+                           {"instance_type": "x.unknown", "accelerator": "Mystery", "accelerators": 1,
+                            "on_demand_usd_per_h": 1.0}])
+    t = cc.training_cost_table(1e9, 20e9, 0.4, prices)
+    assert list(t["instance_type"]) == ["g6.12xlarge"]  # no datasheet peak for the unknown accelerator: left out
+    assert t.iloc[0][["wall_h", "usd"]].tolist() == pytest.approx([172.1763, 792.2865], rel=1e-6)
+
+
+def test_training_flops_do_not_overflow_with_numpy_integers():
+    import numpy as np
+
+    # 6 x 1,235,814,400 x 24,716,288,000 = 6 x 3.054475e19 = 1.832685e20 > int64's 9.2e18: must be computed in floating point
+    n, d = np.int64(1_235_814_400), np.int64(24_716_288_000)
+    assert cc.training_flops(n, d) == pytest.approx(1.832685e20, rel=1e-6)

@@ -1,0 +1,111 @@
+"""The spot interruption drill: the simulated metadata service, and the drill end to end on 2 gloo ranks.
+
+All traffic stays on 127.0.0.1. The end-to-end test is the issue's acceptance test: with a notice the run
+loses no step; killed without warning it loses only the steps since its last checkpoint; either way the
+resumed run ends with parameters bitwise equal to an uninterrupted run's.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from smml_lib import spot
+
+
+def _get(url: str, headers: dict | None = None) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=2) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, ""
+
+
+def _put_token(base: str, ttl: str) -> tuple[int, str]:
+    req = urllib.request.Request(base + spot.TOKEN_PATH, method="PUT",
+                                 headers={"X-aws-ec2-metadata-token-ttl-seconds": ttl})
+    try:
+        with urllib.request.urlopen(req, timeout=2) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, ""
+
+
+def test_notice_server_answers_like_the_metadata_service():
+    with spot.NoticeServer() as imds:
+        assert imds.url.startswith("http://127.0.0.1:") and imds.url.endswith(spot.INSTANCE_ACTION_PATH)
+        assert _get(imds.url)[0] == 404 and spot.get_notice(imds.url) is None
+        assert _get(imds.base_url + "/latest/meta-data/other")[0] == 404
+        before = dt.datetime.now(dt.timezone.utc)
+        posted = imds.interrupt(notice_s=120)
+        status, body = _get(imds.url)
+        assert status == 200 and json.loads(body) == posted == spot.get_notice(imds.url)
+        assert posted["action"] == "terminate"
+        when = dt.datetime.strptime(posted["time"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.timezone.utc)
+        assert 118 <= (when - before).total_seconds() <= 122  # "two minutes from now", to the second
+        assert imds.polls == 4 and imds.first_seen_at >= imds.posted_at
+        imds.clear()
+        assert spot.get_notice(imds.url) is None
+
+
+def test_notice_server_imdsv2_tokens():
+    with spot.NoticeServer(require_token=True) as imds:
+        assert _get(imds.url)[0] == 401  # no token
+        assert _put_token(imds.base_url, "0")[0] == 400 and _put_token(imds.base_url, "x")[0] == 400
+        status, token = _put_token(imds.base_url, "21600")
+        assert status == 200 and len(token) > 20
+        assert _get(imds.url, {"X-aws-ec2-metadata-token": token})[0] == 404
+        assert _get(imds.url, {"X-aws-ec2-metadata-token": "forged"})[0] == 401
+        imds.interrupt(5)
+        assert _get(imds.url, {"X-aws-ec2-metadata-token": token})[0] == 200
+
+
+def test_worker_notice_poller_sees_the_notice(monkeypatch):
+    """Module 02's stop flag (the one the training worker uses) against our server, IMDSv2 included."""
+    from smml_lib.checkpoint import StopRequest
+
+    with spot.NoticeServer(require_token=True) as imds:
+        stop = StopRequest().watch_notice_url(imds.url, poll_s=0.05, imdsv2=True)
+        time.sleep(0.3)
+        assert not stop.requested and imds.polls >= 2
+        imds.interrupt(10)
+        deadline = time.time() + 3
+        while not stop.requested and time.time() < deadline:
+            time.sleep(0.02)
+        assert stop.requested and '"action": "terminate"' in stop.reason
+
+
+def test_drill_config_is_checked():
+    with pytest.raises(ValueError, match="below max_steps"):
+        spot.run_drill(spot.DrillConfig(max_steps=4, interrupt_after_step=4))
+    with pytest.raises(ValueError, match="poll intervals"):
+        spot.run_drill(spot.DrillConfig(notice_window_s=1, poll_s=0.5))
+
+
+@pytest.mark.slow
+def test_drill_loses_nothing_with_notice_and_at_most_the_steps_since_checkpoint_when_killed(tmp_path):
+    # interrupt right after step 5: the notice run stops a step or two later; the kill lands before step 8's save
+    cfg = spot.DrillConfig(max_steps=10, checkpoint_every=4, interrupt_after_step=5, echo=False,
+                           workdir=str(tmp_path), timeout_s=300)
+    report = spot.run_drill(cfg, scenarios=("notice", "kill"))
+    notice, kill = report.row("notice"), report.row("kill")
+    # with the notice: it checkpoints at the step it stops after, inside the window, and loses nothing
+    assert notice["stopped_cleanly"] and notice["steps_lost"] == 0
+    assert notice["checkpoint_step"] == notice["interrupted_after_step"] < cfg.max_steps
+    assert 0 < notice["event_to_checkpoint_s"] < cfg.notice_window_s
+    assert notice["resumed_from_step"] == notice["checkpoint_step"]
+    # killed without warning: it restarts from the last periodic checkpoint, losing the steps since then
+    # (a kill during a save leaves only a .partial folder: then the previous checkpoint counts, at most `every` back)
+    last = kill["interrupted_after_step"]
+    assert not kill["stopped_cleanly"] and kill["checkpoint_step"] % cfg.checkpoint_every == 0
+    assert 0 <= kill["steps_lost"] == last - kill["checkpoint_step"] <= cfg.checkpoint_every
+    assert kill["resumed_from_step"] == kill["checkpoint_step"]
+    # either way, the resumed run ends with exactly the uninterrupted run's parameters (CPU: bitwise)
+    assert notice["bitwise_equal"] and kill["bitwise_equal"]
+    assert notice["max_abs_diff"] == kill["max_abs_diff"] == 0.0
+    assert json.loads((tmp_path / "report.json").read_text())["rows"][0]["scenario"] == "notice"
