@@ -159,6 +159,21 @@ def llama_step_points(config: Any, dtype: Any = "bf16", *, batch_sizes: list[int
     return df
 
 
+def decode_critical_batch(config: Any, dtype: Any, ridge: float, context_len: int) -> float:
+    """Batch size at which a whole decode step reaches the ridge intensity (``inf`` if it never does).
+
+    One step at batch B does B x F FLOPs (F = forward FLOPs per token at this context) and moves
+    W + B x (S + 1) x kv bytes (weights once, each sequence's KV cache). Solving B·F = ridge x bytes:
+    B = ridge·W / (F - ridge·(S + 1)·kv). A long context makes the KV term grow with B like the FLOPs do,
+    so past some context no batch size makes decode compute-bound.
+    """
+    pts = llama_step_points(config, dtype, batch_sizes=[1], context_len=context_len)
+    weights = pts["bytes"].iloc[0] - (context_len + 1) * kv_cache_bytes_per_token(config, dtype)
+    per_seq_bytes = (context_len + 1) * kv_cache_bytes_per_token(config, dtype)
+    denom = pts["flops"].iloc[0] - ridge * per_seq_bytes
+    return ridge * weights / denom if denom > 0 else float("inf")
+
+
 _ROOF_STYLE = {"datasheet": dict(linestyle="--", linewidth=1.6), "measured": dict(linestyle="-", linewidth=2.0)}
 
 

@@ -375,6 +375,8 @@ def plot_timeline(samples: Any, phases: Any = None, *, metrics: list[str] | None
                 hit = part[part["throttled"].astype(bool)]
                 ax.plot(hit["t_s"], pd.to_numeric(hit[m], errors="coerce"), "|", color="red", label="throttled")
         ax.set_ylabel(_LABELS.get(m, m), fontsize=8)
+        ax.set_ylim(bottom=0)  # every metric here is a non-negative amount: keep small wiggles small
+        ax.ticklabel_format(axis="y", useOffset=False, style="plain")
         if phases is not None:
             for j, ph in enumerate(phases.itertuples()):
                 ax.axvspan(ph.start_s, ph.end_s, color=colours[j % len(colours)], alpha=0.8, zorder=0)

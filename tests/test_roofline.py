@@ -73,3 +73,13 @@ def test_plot_roofline_writes_a_png(tmp_path, monkeypatch):
 def test_prefill_flops_closed_form_matches_the_sum():
     cfg = anatomy.preset_config("Llama-3.2-1B")
     assert roofline.prefill_flops(cfg, 37) == pytest.approx(sum(anatomy.forward_flops_per_token(cfg, t) for t in range(37)))
+
+
+def test_decode_critical_batch_reaches_the_ridge():
+    cfg = anatomy.preset_config("Llama-3.2-1B")
+    b = roofline.decode_critical_batch(cfg, "bf16", ridge=403, context_len=16)
+    pts = roofline.llama_step_points(cfg, "bf16", batch_sizes=[int(b) - 1, int(b) + 1], context_len=16)
+    assert pts["intensity"].iloc[0] < 403 < pts["intensity"].iloc[1]  # the step crosses the ridge at b
+    assert 400 < b < 600
+    # at 256 tokens of context each sequence's KV reads (8.4 MB) outweigh its FLOPs / ridge: never compute-bound
+    assert roofline.decode_critical_batch(cfg, "bf16", ridge=403, context_len=256) == float("inf")
