@@ -115,6 +115,9 @@ class StaticDecoder:
         self.compile_scope, self.mode = compile, mode
         self._caches: dict[int, Any] = {}
         opts = dict(fullgraph=True, dynamic=False, mode=mode, backend=backend)
+        # one graph per batch size and model (dynamic=False), all on the same code object: allow more than the
+        # default 8 before Dynamo gives up and runs eagerly (a batch sweep after the ladder, cells run twice)
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 32)
         self.step = torch.compile(self._step, **opts) if compile == "step" else self._step
         self._mlps = ([(layer.mlp, torch.compile(layer.mlp.forward, **opts)) for layer in model.model.layers]
                       if compile == "mlp" else [])

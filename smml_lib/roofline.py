@@ -208,8 +208,9 @@ def plot_roofline(points: Any = None, roof_list: list[Roof] = (), *, x: str = "i
         for key, part in groups:
             ax.scatter(part[x], part[y], s=28, zorder=3, label=str(key) if key is not None else "measured")
             if annotate and label in part:
-                for xi, yi, text in zip(part[x], part[y], part[label]):
-                    ax.annotate(str(text), (xi, yi), textcoords="offset points", xytext=(3, -9), fontsize=6.5)
+                for j, (xi, yi, text) in enumerate(zip(part[x], part[y], part[label])):  # alternate below/above
+                    ax.annotate(str(text), (xi, yi), textcoords="offset points", xytext=(3, -9 if j % 2 == 0 else 5),
+                                fontsize=6.5)
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("arithmetic intensity (FLOP/byte)")
