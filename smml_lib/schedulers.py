@@ -113,7 +113,7 @@ class Scheduler:
         return {"scheduler": self.name, "max_batch": self.max_batch, "max_queue": self.max_queue,
                 "waiting": len(self.waiting), "running": len(self.batch) if self.batch else 0,
                 **dict(self.counters), "mean_decode_batch": self.counters["decode_rows"] / steps if steps else 0.0,
-                "busy_fraction": self.busy_s / up_s if up_s > 0 else 0.0}
+                "busy_s": self.busy_s, "busy_fraction": self.busy_s / up_s if up_s > 0 else 0.0}
 
     # ---- the model thread --------------------------------------------------------------------------
     def _run(self) -> None:
@@ -237,8 +237,9 @@ class StaticBatching(Scheduler):
 class ContinuousBatching(Scheduler):
     """Iteration-level scheduling: before every decode step, retire finished sequences and admit new ones.
 
-    Each newcomer is prefilled on its own (no padding, exactly as if it ran alone), then its KV cache is
-    merged into the running batch. Greedy outputs therefore match solo runs token for token.
+    The newcomers of an iteration are prefilled together (one left-padded forward pass), then their KV cache
+    is merged into the running batch. Padding is masked out, so greedy outputs match solo runs token for
+    token (tested). A prefill stalls the running sequences for one forward pass: the price of admitting.
     """
 
     name = "continuous"
@@ -251,11 +252,10 @@ class ContinuousBatching(Scheduler):
                 return
             free = self.max_batch - (len(self.batch) if self.batch else 0)
             newcomers = self._take(free)
-        for seq in newcomers:
-            one = self._prefill([seq]).without_done()
-            if one is None:
-                continue
-            self.batch = one if self.batch is None else self.batch.merge(one)
+        if newcomers:  # one left-padded prefill for all of them, then one merge into the running batch
+            joined = self._prefill(newcomers).without_done()
+            if joined is not None:
+                self.batch = joined if self.batch is None else self.batch.merge(joined)
         self._retire()
         if self.batch is not None:
             self._decode()

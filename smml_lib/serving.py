@@ -105,20 +105,30 @@ UNSUPPORTED = {"n": 1, "best_of": None, "echo": False, "logprobs": None, "suffix
 
 
 class _Choice:
-    """Token ids -> text for one prompt, released as deltas, with stop strings applied."""
+    """Token ids -> text for one prompt, released as deltas, with stop strings applied.
+
+    Decoding is incremental (the offsets trick of TGI and vLLM): each new token decodes a short window of
+    ids, not the whole answer, and half of a multi-byte character is held back until it is complete.
+    """
 
     def __init__(self, tokenizer: Any, stops: list[str]) -> None:
         self.tokenizer, self.stops = tokenizer, stops
         self.ids: list[int] = []
         self.text = ""
         self.finish: str | None = None
+        self._prefix = self._read = 0  # ids[_prefix:_read] were decoded already (context for the next one)
 
     def add(self, token: int | None, reason: str | None) -> str:
         if token is not None:
             self.ids.append(token)
-        full = self.tokenizer.decode(self.ids, skip_special_tokens=True)
-        if full.endswith("\ufffd") and reason is None:
-            return ""  # half of a multi-byte character: wait for the next token
+        decode = self.tokenizer.decode
+        before = decode(self.ids[self._prefix:self._read], skip_special_tokens=True)
+        after = decode(self.ids[self._prefix:], skip_special_tokens=True)
+        delta = ""
+        if len(after) > len(before) and (reason is not None or not after.endswith("\ufffd")):
+            delta = after[len(before):]
+            self._prefix, self._read = self._read, len(self.ids)
+        full = self.text + delta
         for stop in self.stops:
             at = full.find(stop, max(0, len(self.text) - len(stop) + 1))
             if at >= 0:

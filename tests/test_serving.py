@@ -24,6 +24,17 @@ from smml_lib.serving_process import ServerStartError
 PROMPT = "The scheduler admits a new request"
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """In-process servers share this process: one torch thread keeps them fast on a busy 2-core machine."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def server():
     with start_server("tiny", in_process=True, scheduler="continuous", max_batch=4, max_queue=16) as handle:
@@ -143,18 +154,18 @@ LONG = {"model": "tiny", "prompt": PROMPT, "max_tokens": 900, "temperature": 0, 
 
 def test_full_queue_answers_429_and_frees_up(one_slot_server):
     s = one_slot_server
-    holders = []
-    for _ in range(2):  # one takes the slot, one waits in the queue
-        t = threading.Thread(target=lambda: httpx.post(s.url + "/v1/completions", json={**LONG, "max_tokens": 150},
-                                                       timeout=60))
-        t.start()
-        holders.append(t)
-    assert _wait_until(lambda: s.health()["running"] == 1 and s.health()["waiting"] == 1)
-    r = httpx.post(s.url + "/v1/completions", json=LONG, timeout=10)
-    assert r.status_code == 429 and r.headers["retry-after"] == "1"
-    assert r.json()["error"]["code"] == "queue_full"
-    for t in holders:
-        t.join(60)
+    stream = {**LONG, "stream": True}
+    with httpx.Client(timeout=30) as client, \
+            connect_sse(client, "POST", s.url + "/v1/completions", json=stream) as running, \
+            connect_sse(client, "POST", s.url + "/v1/completions", json=stream) as queued:
+        events = running.iter_sse()  # keep the iterator: dropping it would close the stream
+        next(events)  # the first holds the only slot, the second waits in the queue of one
+        assert queued.response.status_code == 200
+        assert s.health()["waiting"] == 1
+        r = httpx.post(s.url + "/v1/completions", json=LONG, timeout=10)
+        assert r.status_code == 429 and r.headers["retry-after"] == "1"
+        assert r.json()["error"]["code"] == "queue_full" and "busy" in r.json()["error"]["message"]
+    assert _wait_until(lambda: s.health()["running"] == 0 and s.health()["waiting"] == 0)
     assert httpx.post(s.url + "/v1/completions", json={**LONG, "max_tokens": 3}).status_code == 200
 
 
