@@ -346,7 +346,10 @@ def start(worker: str, args: Sequence[str] = (), *, nproc: int | None = None, ba
     full_env = {**os.environ, "SMML_RUN_DIR": str(folder), "SMML_BACKEND": backend,
                 "SMML_LAUNCH_ID": uuid.uuid4().hex, "PYTHONUNBUFFERED": "1", "TQDM_DISABLE": "1",
                 "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TORCH_ELASTIC_SHUTDOWN_TIMEOUT": str(shutdown_timeout_s),
-                "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // nproc)),
+                # CPU smoke runs: one core per process, the analogue of one GPU per process (and no
+                # OpenMP threads fighting over cores, which slows a loaded machine ten-fold)
+                "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS") or
+                                   ("1" if backend == "gloo" else str(max(1, (os.cpu_count() or 1) // nproc))),
                 **(env or {})}
     if backend == "gloo" and "CUDA_VISIBLE_DEVICES" not in (env or {}):
         full_env.setdefault("CUDA_VISIBLE_DEVICES", "")
