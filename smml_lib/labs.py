@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -151,7 +152,14 @@ def run_labs(*, only: str | None = None, parameters: dict[str, Any] | None = Non
     notebooks = discover_notebooks(include_solutions=include_solutions, only=only)
     if not notebooks:
         raise FileNotFoundError(f"no notebooks match {only!r}")
-    mode = (parameters or {}).get("mode", "auto")
+    parameters = dict(parameters or {})
+    # --param applies to the selected labs that declare it (model_id is declared by the labs that load a model).
+    declared = {nb: set(declared_parameters(nb)) for nb in notebooks} if parameters else {}
+    unused = [k for k in parameters if not any(k in names for names in declared.values())]
+    if unused:
+        raise ValueError(f"no selected lab declares the parameter(s) {', '.join(unused)}: check the spelling "
+                         "(each lab lists its parameters in its first code cell)")
+    mode = parameters.get("mode", "auto")
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     run_dir = Path(out_dir) if out_dir else repo_root() / "runs" / f"{stamp}-{mode}"
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -160,8 +168,9 @@ def run_labs(*, only: str | None = None, parameters: dict[str, Any] | None = Non
     runs: list[LabRun] = []
     for i, nb in enumerate(notebooks, 1):
         rel = nb.relative_to(repo_root())
+        own = {k: v for k, v in parameters.items() if k in declared[nb]} if parameters else {}
         print(f"[{i}/{len(notebooks)}] {rel} ...", end=" ", flush=True)
-        run = execute_notebook(nb, run_dir / "notebooks" / rel, parameters, timeout_s=timeout_s)
+        run = execute_notebook(nb, run_dir / "notebooks" / rel, own, timeout_s=timeout_s)
         runs.append(run)
         line = f"{run.status} in {run.duration_s:.1f} s"
         if run.error:
@@ -199,15 +208,19 @@ def cli(argv: list[str]) -> int:
     p.add_argument("--smoke", action="store_true", help="force smoke mode (tiny model, CPU sizes)")
     p.add_argument("--only", help="run only notebooks whose path contains this text (e.g. 01_ or gemm)")
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
-                   help="override a parameter of every selected lab (must be declared by each)")
+                   help="override a parameter in every selected lab that declares it (e.g. model_id)")
     p.add_argument("--solutions", action="store_true", help="also run the instructors' solution notebooks")
     p.add_argument("--out", type=Path, help="run folder (default runs/<timestamp>-<mode>)")
     p.add_argument("--timeout", type=int, default=1800, help="seconds one cell may run (default 1800)")
     p.add_argument("--no-html", action="store_true", help="skip the per-lab HTML pages (faster)")
     args = p.parse_args(argv)
     params = ({**SMOKE_PARAMETERS} if args.smoke else {}) | _parse_params(args.param)
-    runs, run_dir = run_labs(only=args.only, parameters=params, out_dir=args.out, include_solutions=args.solutions,
-                             timeout_s=args.timeout, html=not args.no_html)
+    try:
+        runs, run_dir = run_labs(only=args.only, parameters=params, out_dir=args.out,
+                                 include_solutions=args.solutions, timeout_s=args.timeout, html=not args.no_html)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"smml labs: {exc}", file=sys.stderr)
+        return 2
     failed = [r for r in runs if r.status != "passed"]
     total = sum(r.duration_s for r in runs)
     print(f"\n{len(runs) - len(failed)}/{len(runs)} labs passed in {total:.0f} s")

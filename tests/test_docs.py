@@ -220,6 +220,41 @@ def test_ci_runs_the_readme_test_command():
     assert any(re.fullmatch(r"(exec )?bash scripts/course\.sh test", line) for line in code), code
 
 
+def test_documented_param_override_reaches_only_labs_that_declare_it(tmp_path, monkeypatch, capsys):
+    """README/INSTRUCTORS: `labs --only 00_ --param model_id=/models/...` (lab 00-1 declares no model_id)."""
+    from smml_lib import labs
+
+    course = tmp_path / "course"
+    (course / "00_Fake").mkdir(parents=True)
+    (course / "pyproject.toml").write_text("[project]\nname='fake'\n")
+    for name, params in (("01_no_model", 'mode: str = "auto"'),
+                         ("02_model", 'mode: str = "auto"\nmodel_id: str = "meta-llama/Llama-3.2-1B"')):
+        nb = nbformat.v4.new_notebook()
+        nb.metadata["kernelspec"] = {"name": "smml", "display_name": "Python (smml)", "language": "python"}
+        cell = nbformat.v4.new_code_cell(params)
+        cell.metadata["tags"] = ["parameters"]
+        nb.cells = [nbformat.v4.new_markdown_cell(f"# {name}"), cell]
+        nbformat.write(nb, str(course / "00_Fake" / f"{name}.ipynb"))
+    monkeypatch.setenv("SMML_REPO", str(course))
+    seen = {}
+
+    def fake_execute(notebook, output, parameters=None, **kwargs):
+        labs.check_parameters(notebook, parameters or {})  # the real, strict check still applies per lab
+        seen[notebook.name] = dict(parameters or {})
+        return labs.LabRun(notebook.name, notebook.stem, "passed", 0.0, str(output))
+
+    monkeypatch.setattr(labs, "execute_notebook", fake_execute)
+    monkeypatch.setattr(labs, "ensure_kernel", lambda: None)
+    monkeypatch.setattr("smml_lib.report.write_report", lambda *a, **k: tmp_path / "index.html")
+    rc = labs.cli(["--smoke", "--only", "00_", "--param", "model_id=/models/Llama-3.2-1B",
+                   "--out", str(tmp_path / "r")])
+    assert rc == 0
+    assert seen == {"01_no_model.ipynb": {"mode": "smoke"},
+                    "02_model.ipynb": {"mode": "smoke", "model_id": "/models/Llama-3.2-1B"}}
+    assert labs.cli(["--param", "modle_id=/x", "--out", str(tmp_path / "r2")]) == 2
+    assert "no selected lab declares the parameter(s) modle_id" in capsys.readouterr().err
+
+
 def test_readme_explains_jupyterlab_kernel_and_first_lab():
     from smml_lib.kernel import DISPLAY_NAME, KERNEL_NAME
 
