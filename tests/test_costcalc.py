@@ -150,3 +150,28 @@ def test_training_flops_do_not_overflow_with_numpy_integers():
     # 6 x 1,235,814,400 x 24,716,288,000 = 6 x 3.054475e19 = 1.832685e20 > int64's 9.2e18: must be computed in floating point
     n, d = np.int64(1_235_814_400), np.int64(24_716_288_000)
     assert cc.training_flops(n, d) == pytest.approx(1.832685e20, rel=1e-6)
+
+
+def test_decode_roofline_hand_case():
+    # Llama-3.2-1B bf16: 2,471,628,800 bytes of weights, 1,235,814,400 parameters; L4: 300 GB/s, 121 TFLOP/s
+    # memory bound: 300e9 / 2.4716288e9 = 121.377 steps/s -> tokens/s = batch x 121.377
+    # compute bound: 121e12 / (2 x 1.2358144e9) = 48,955.6 tokens/s, reached from batch ~404 on
+    df = cc.decode_roofline([1, 8, 1000], weight_bytes=2_471_628_800, params=1_235_814_400, bandwidth_gbs=300,
+                            peak_tflops=121)
+    assert df["decode_tokens_per_s"].tolist() == pytest.approx([121.3774, 971.0196, 48955.57], rel=1e-6)
+
+
+def test_load_inputs_prefers_a_saved_result_and_labels_the_fallback(monkeypatch, tmp_path):
+    from smml_lib.results import save_result
+
+    monkeypatch.setenv("SMML_OUTPUT_DIR", str(tmp_path))
+    fallback = pd.DataFrame({"tokens_per_s": [1.0]})
+    none = cc.load_inputs("m04_test_no_such_result", "smoke", ["tokens_per_s"], fallback, "PREDICTION: roofline")
+    assert (none.source, none.measured) == ("prediction", False) and none.frame is fallback
+    assert none.label.startswith("PREDICTION: roofline") and "no saved result" in none.label
+    save_result("m04_test_result", pd.DataFrame({"tokens_per_s": [123.0]}), mode="smoke", env={"device_name": "cpu"})
+    own = cc.load_inputs("m04_test_result", "smoke", ["tokens_per_s"], fallback, "ASSUMPTION: x")
+    assert own.source == "own" and own.measured and own.frame["tokens_per_s"].tolist() == [123.0]
+    assert "your own" in own.label and "smoke mode on cpu" in own.label
+    wrong = cc.load_inputs("m04_test_result", "smoke", ["mfu"], fallback, "ASSUMPTION: MFU 0.35")
+    assert wrong.source == "assumption" and "lacks columns ['mfu']" in wrong.label
