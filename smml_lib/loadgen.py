@@ -218,6 +218,38 @@ def sweep(base_url: str, model: str, concurrencies: list[int], *, requests_per_l
     return pd.DataFrame([asdict(r) for r in rows])
 
 
+def sweep_external(base_url: str, model: str = "", concurrencies: list[int] | None = None, **kwargs: Any) -> "Any":
+    """Sweep a server you run yourself (vLLM, TGI, a hosted API), or say how when ``base_url`` is empty.
+
+    Checks ``GET {base_url}/models`` first (5 s timeout) and takes the first model when ``model`` is empty.
+    Returns the per-request DataFrame, or None (with a message saying why) when there is nothing to measure.
+    """
+    import httpx
+
+    from smml_lib.display import show
+
+    if not base_url:
+        show("No external server configured. To measure vLLM on your GPU: run `vllm serve meta-llama/Llama-3.2-1B "
+             "--port 8001` in a terminal, then set vllm_base_url = 'http://127.0.0.1:8001/v1' in the parameters cell "
+             "(or run `smml loadtest --base-url http://127.0.0.1:8001/v1 --model meta-llama/Llama-3.2-1B`).")
+        return None
+    key = _api_key(kwargs.get("api_key_env", "OPENAI_API_KEY"))
+    try:
+        r = httpx.get(base_url.rstrip("/") + "/models", timeout=5.0,
+                      headers={"Authorization": f"Bearer {key}"} if key else {})
+        r.raise_for_status()
+        served = [m["id"] for m in r.json().get("data", [])]
+    except (httpx.HTTPError, ValueError, KeyError) as exc:
+        show(f"Cannot reach {base_url}/models ({_error_text(f'{type(exc).__name__}: {exc}'.encode(), key)}). "
+             "Is the server running, and is the URL the /v1 base (e.g. http://127.0.0.1:8001/v1)?")
+        return None
+    if not model and not served:
+        show(f"{base_url} lists no models; pass the model name explicitly.")
+        return None
+    return sweep(base_url, model or served[0], concurrencies or [1, 4, 16, 64], label=kwargs.pop("label", "external"),
+                 **kwargs)
+
+
 def summarize(requests: "Any", by: tuple[str, ...] = ("label", "concurrency")) -> "Any":
     """One row per (label, concurrency): counts, throughput and p50/p99 of TTFT, TPOT and end-to-end latency."""
     import numpy as np

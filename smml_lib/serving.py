@@ -141,7 +141,8 @@ class _Choice:
 class _Request:
     """One HTTP request: its sequences (one per prompt), their text state and the queue the model thread feeds."""
 
-    def __init__(self, body: CompletionRequest, prompts: list[list[int]], tokenizer: Any) -> None:
+    def __init__(self, body: CompletionRequest, prompts: list[list[int]], tokenizer: Any, scheduler: Scheduler) -> None:
+        self.scheduler = scheduler
         self.id = f"cmpl-{uuid.uuid4().hex[:24]}"
         self.created = int(time.time())
         self.body = body
@@ -171,19 +172,28 @@ def _choice(index: int, text: str, finish: str | None) -> dict[str, Any]:
 
 
 class CompletionService:
-    """The server's state: tokenizer, scheduler, and the glue between the event loop and the model thread."""
+    """The server's state: tokenizer, schedulers, and the glue between the event loop and the model threads.
 
-    def __init__(self, scheduler: Scheduler, model_name: str, max_model_len: int) -> None:
-        self.scheduler, self.model_name, self.max_model_len = scheduler, model_name, max_model_len
-        self.tokenizer = scheduler.tokenizer
-        self.vocab_size = int(scheduler.model.config.vocab_size)
-        self.loop: asyncio.AbstractEventLoop | None = None
+    ``schedulers`` maps served model names to schedulers; a request picks one with its ``model`` field. Usually
+    there is one; a lab can serve the same weights under several names, each with its own batching policy.
+    """
+
+    def __init__(self, schedulers: dict[str, Scheduler], max_model_len: int) -> None:
+        self.schedulers, self.max_model_len = schedulers, max_model_len
+        self.model_name = next(iter(schedulers))  # the first is the default for /health
+        self.scheduler = schedulers[self.model_name]
+        self.tokenizer = self.scheduler.tokenizer
+        self.vocab_size = int(self.scheduler.model.config.vocab_size)
 
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Start the model thread; its events reach ``loop`` with one thread-safe call per step."""
-        self.loop = loop
-        self.scheduler.on_events = lambda events: loop.call_soon_threadsafe(self._dispatch, events)
-        self.scheduler.start()
+        """Start the model threads; their events reach ``loop`` with one thread-safe call per step."""
+        for sched in self.schedulers.values():
+            sched.on_events = lambda events: loop.call_soon_threadsafe(self._dispatch, events)
+            sched.start()
+
+    def stop(self) -> None:
+        for sched in self.schedulers.values():
+            sched.stop()
 
     @staticmethod
     def _dispatch(events: list) -> None:
@@ -193,9 +203,11 @@ class CompletionService:
 
     def prepare(self, body: CompletionRequest) -> _Request:
         """Validate beyond the schema and tokenize; raises ``ApiError`` (400/404)."""
-        if body.model != self.model_name:
-            raise ApiError(404, f"The model {body.model!r} does not exist; this server serves {self.model_name!r} "
-                                "(see GET /v1/models).", "model", "model_not_found")
+        sched = self.schedulers.get(body.model)
+        if sched is None:
+            raise ApiError(404, f"The model {body.model!r} does not exist; this server serves "
+                                f"{', '.join(map(repr, self.schedulers))} (see GET /v1/models).", "model",
+                           "model_not_found")
         for name, default in UNSUPPORTED.items():
             if getattr(body, name) != default:
                 raise ApiError(400, f"{name}={getattr(body, name)!r} is not supported by this server "
@@ -204,7 +216,7 @@ class CompletionService:
             else body.prompt
         if not raw:
             raise ApiError(400, "prompt is an empty list", "prompt")
-        capacity = self.scheduler.max_batch + self.scheduler.max_queue
+        capacity = sched.max_batch + sched.max_queue
         if len(raw) > capacity:
             raise ApiError(400, f"{len(raw)} prompts in one request; this server takes at most {capacity}", "prompt")
         prompts = [self.tokenizer(p).input_ids if isinstance(p, str) else list(p) for p in raw]
@@ -217,13 +229,13 @@ class CompletionService:
                 raise ApiError(400, f"This model's maximum context length is {self.max_model_len} tokens; the prompt "
                                     f"has {len(ids)} tokens and max_tokens is {body.max_tokens}. Shorten one.",
                                "max_tokens")
-        return _Request(body, prompts, self.tokenizer)
+        return _Request(body, prompts, self.tokenizer, sched)
 
     def submit(self, request: _Request) -> None:
-        if not self.scheduler.alive:
+        s = request.scheduler
+        if not s.alive:
             raise ApiError(503, "the model thread is not running", kind="server_error")
-        if not self.scheduler.submit(request.seqs):
-            s = self.scheduler
+        if not s.submit(request.seqs):
             raise ApiError(429, f"Server busy: {len(s.waiting)} sequences already wait for {s.max_batch} slots "
                                 f"(queue limit {s.max_queue}). Retry later.", kind="rate_limit_exceeded",
                            code="queue_full", headers={"Retry-After": "1"})
@@ -231,7 +243,7 @@ class CompletionService:
     def release(self, request: _Request, reason: str) -> None:
         for seq, choice in zip(request.seqs, request.choices):
             if choice.finish is None or seq.finish_reason is None:
-                self.scheduler.cancel(seq, reason)
+                request.scheduler.cancel(seq, reason)
 
     def _apply(self, request: _Request, event: tuple) -> tuple[int, str, str | None] | None:
         """Fold one model-thread event into the request's text; None for a token that arrived after a stop."""
@@ -245,7 +257,7 @@ class CompletionService:
                            kind="server_error")
         delta = choice.add(token, reason)
         if choice.finish == "stop" and reason is None:  # a stop string matched: free the slot now
-            self.scheduler.cancel(request.seqs[index], "stop")
+            request.scheduler.cancel(request.seqs[index], "stop")
         return index, delta, choice.finish
 
     async def complete(self, request: _Request, http_request: Any) -> dict[str, Any]:
@@ -315,7 +327,7 @@ def create_app(service: CompletionService, *, on_ready: Any = None) -> Any:
         if on_ready is not None:
             on_ready()
         yield
-        service.scheduler.stop()
+        service.stop()
 
     app = FastAPI(title="SMML Lab completion server", lifespan=lifespan)
 
@@ -339,14 +351,17 @@ def create_app(service: CompletionService, *, on_ready: Any = None) -> Any:
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
-        return {"object": "list", "data": [{"id": service.model_name, "object": "model", "created": 0,
-                                            "owned_by": "smml", "max_model_len": service.max_model_len}]}
+        return {"object": "list", "data": [{"id": name, "object": "model", "created": 0, "owned_by": "smml",
+                                            "max_model_len": service.max_model_len, "scheduler": s.name,
+                                            "max_batch": s.max_batch} for name, s in service.schedulers.items()]}
 
     @app.get("/health")
     async def health() -> Any:
-        alive = service.scheduler.alive
-        body = {"status": "ok" if alive else "model thread stopped", "model": service.model_name,
+        alive = all(s.alive for s in service.schedulers.values())
+        body = {"status": "ok" if alive else "a model thread stopped", "model": service.model_name,
                 "rss_bytes": psutil.Process().memory_info().rss, **service.scheduler.stats()}
+        if len(service.schedulers) > 1:
+            body["models"] = {name: s.stats() for name, s in service.schedulers.items()}
         return JSONResponse(body, status_code=200 if alive else 503)
 
     return app
@@ -354,18 +369,27 @@ def create_app(service: CompletionService, *, on_ready: Any = None) -> Any:
 
 def build_service(model_id: str = "tiny", *, scheduler: Literal["static", "continuous"] = "continuous",
                   max_batch: int = 16, max_queue: int = 64, max_wait_ms: float = 20.0, dtype: Any = "auto",
-                  device: Any = "auto", served_model_name: str | None = None,
-                  max_model_len: int | None = None) -> CompletionService:
-    """Load the model and wrap it in a scheduler and a ``CompletionService`` (not started yet)."""
+                  device: Any = "auto", served_model_name: str | None = None, max_model_len: int | None = None,
+                  variants: dict[str, dict[str, Any]] | None = None) -> CompletionService:
+    """Load the model and wrap it in scheduler(s) and a ``CompletionService`` (not started yet).
+
+    ``variants`` serves the same weights under several names, each with its own scheduler settings, e.g.
+    ``{"batch-1": {"scheduler": "static", "max_batch": 1}, "continuous": {"max_batch": 16}}`` (missing keys
+    take the values of the other arguments). Only one copy of the weights is loaded.
+    """
     from smml_lib.models import load_llama
 
-    if scheduler not in SCHEDULERS:
-        raise ValueError(f"scheduler={scheduler!r}: use one of {', '.join(SCHEDULERS)}")
+    defaults = {"scheduler": scheduler, "max_batch": max_batch, "max_queue": max_queue, "max_wait_ms": max_wait_ms}
+    configs = {name: {**defaults, **cfg} for name, cfg in variants.items()} if variants \
+        else {served_model_name or model_id: defaults}
+    for name, cfg in configs.items():
+        if cfg["scheduler"] not in SCHEDULERS or set(cfg) - set(defaults):
+            raise ValueError(f"variant {name!r}: scheduler must be one of {', '.join(SCHEDULERS)} and the only keys "
+                             f"{', '.join(defaults)} (got {cfg})")
     model, tokenizer = load_llama(model_id, dtype=dtype, device=device)
     limit = int(getattr(model.config, "max_position_embeddings", 4096))
-    sched = make_scheduler(scheduler, model, tokenizer, max_batch=max_batch, max_queue=max_queue,
-                           max_wait_ms=max_wait_ms)
-    return CompletionService(sched, served_model_name or model_id, min(limit, max_model_len or 4096))
+    schedulers = {name: make_scheduler(cfg.pop("scheduler"), model, tokenizer, **cfg) for name, cfg in configs.items()}
+    return CompletionService(schedulers, min(limit, max_model_len or 4096))
 
 
 def start_server(model_id: str = "tiny", **kwargs: Any) -> Any:

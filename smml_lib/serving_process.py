@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import json
 import os
 import signal
 import socket
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 _LIVE: "set[ServerHandle]" = set()
+_BY_CONFIG: "dict[str, ServerHandle]" = {}  # for start_server(..., reuse=True)
 
 
 class ServerStartError(RuntimeError):
@@ -50,6 +52,32 @@ class ServerHandle:
     process: Any = field(default=None, repr=False)  # subprocess.Popen, or None when in-process
     server: Any = field(default=None, repr=False)  # uvicorn.Server when in-process
     thread: Any = field(default=None, repr=False)
+    ready_file: Path | None = field(default=None, repr=False)  # the subprocess writes its URL here when listening
+    deadline: float = field(default=0.0, repr=False)
+    models: list[str] = field(default_factory=list)  # every served model name (variants), the default first
+
+    def wait_ready(self) -> "ServerHandle":
+        """Block until the server answers ``/health`` (for ``start_server(..., wait=False)``). Returns self."""
+        proc, ready = self.process, self.ready_file
+        if proc is None or ready is None or self.url:
+            return self
+        try:
+            while not ready.exists():
+                if proc.poll() is not None:
+                    raise ServerStartError(f"the server exited with code {proc.returncode} during start-up:\n"
+                                           f"{self.log_tail()}")
+                if time.perf_counter() > self.deadline:
+                    raise ServerStartError(f"the server was not ready in time:\n{self.log_tail()}")
+                time.sleep(0.05)
+            self.url = ready.read_text().strip()
+            _wait_healthy(self.url, self.deadline, lambda: proc.poll() is None, self.log_tail)
+        except BaseException:
+            self.url = ""
+            self.stop(timeout_s=3.0)
+            raise
+        finally:
+            ready.unlink(missing_ok=True)
+        return self
 
     @property
     def base_url(self) -> str:
@@ -156,8 +184,9 @@ def _wait_healthy(url: str, deadline: float, alive: Any, log: Any) -> None:
 def start_server(model_id: str = "tiny", *, scheduler: str = "continuous", max_batch: int = 16, max_queue: int = 64,
                  max_wait_ms: float = 20.0, host: str = "127.0.0.1", port: int = 0, in_process: bool = False,
                  dtype: str = "auto", device: str = "auto", served_model_name: str | None = None,
-                 max_model_len: int | None = None, threads: int | None = None,
-                 ready_timeout_s: float = 180.0) -> ServerHandle:
+                 max_model_len: int | None = None, threads: int | None = None, ready_timeout_s: float = 180.0,
+                 wait: bool = True, variants: dict[str, dict[str, Any]] | None = None,
+                 reuse: bool = False) -> ServerHandle:
     """Start the completion server and return once it answers ``/health``.
 
     Args:
@@ -167,8 +196,31 @@ def start_server(model_id: str = "tiny", *, scheduler: str = "continuous", max_b
         host, port: where to listen (loopback by default; port 0 = any free port).
         in_process: run in a thread of this process instead of a subprocess.
         threads: torch CPU threads in the server (default: 1 for a subprocess on the CPU; in-process: unchanged).
+        wait: return only once the server answers (default); with False, call ``handle.wait_ready()`` later,
+            so several servers can start at the same time.
+        variants: serve the weights under several names with different scheduler settings (one process, one
+            copy of the weights), e.g. ``{"batch-1": {"scheduler": "static", "max_batch": 1}}``; see
+            ``serving.build_service``.
+        reuse: return the running server started earlier with exactly these arguments, if there is one
+            (a notebook cell that is run twice does not start a second server).
     """
-    name = served_model_name or model_id
+    config = repr(sorted(locals().items()))
+    if reuse and config in _BY_CONFIG and _BY_CONFIG[config].running:
+        return _BY_CONFIG[config].wait_ready()
+    handle = _start(model_id, scheduler=scheduler, max_batch=max_batch, max_queue=max_queue, max_wait_ms=max_wait_ms,
+                    host=host, port=port, in_process=in_process, dtype=dtype, device=device,
+                    served_model_name=served_model_name, max_model_len=max_model_len, threads=threads,
+                    ready_timeout_s=ready_timeout_s, wait=wait, variants=variants)
+    _BY_CONFIG[config] = handle
+    return handle
+
+
+def _start(model_id: str, *, scheduler: str, max_batch: int, max_queue: int, max_wait_ms: float, host: str, port: int,
+           in_process: bool, dtype: str, device: str, served_model_name: str | None, max_model_len: int | None,
+           threads: int | None, ready_timeout_s: float, wait: bool,
+           variants: dict[str, dict[str, Any]] | None) -> ServerHandle:
+    names = list(variants) if variants else [served_model_name or model_id]
+    name = names[0]
     if in_process:
         from smml_lib.serving import build_service, create_app
 
@@ -178,13 +230,13 @@ def start_server(model_id: str = "tiny", *, scheduler: str = "continuous", max_b
             torch.set_num_threads(threads)
         service = build_service(model_id, scheduler=scheduler, max_batch=max_batch, max_queue=max_queue,
                                 max_wait_ms=max_wait_ms, dtype=dtype, device=device, served_model_name=name,
-                                max_model_len=max_model_len)
+                                max_model_len=max_model_len, variants=variants)
         sock = _bind(host, port)
         url = f"http://{host}:{sock.getsockname()[1]}"
         server = _uvicorn_server(create_app(service))
         thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="smml-server", daemon=True)
         thread.start()
-        handle = ServerHandle(url, name, scheduler, os.getpid(), None, None, server, thread)
+        handle = ServerHandle(url, name, scheduler, os.getpid(), None, None, server, thread, models=names)
         _wait_healthy(url, time.perf_counter() + ready_timeout_s, thread.is_alive, lambda: "")
         _LIVE.add(handle)
         return handle
@@ -200,28 +252,15 @@ def start_server(model_id: str = "tiny", *, scheduler: str = "continuous", max_b
            "--ready-file", str(ready), "--exit-with-parent", str(os.getpid())]
     cmd += ["--max-model-len", str(max_model_len)] if max_model_len else []
     cmd += ["--threads", str(threads)] if threads else []
+    for vname, cfg in (variants or {}).items():
+        cmd += ["--variant", f"{vname}={json.dumps(cfg)}"]
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    handle = ServerHandle("", name, scheduler, proc.pid, log_path, proc)
+    handle = ServerHandle("", name, scheduler, proc.pid, log_path, proc, ready_file=ready,
+                          deadline=time.perf_counter() + ready_timeout_s, models=names)
     _LIVE.add(handle)
-    deadline = time.perf_counter() + ready_timeout_s
-    try:
-        while not ready.exists():
-            if proc.poll() is not None:
-                raise ServerStartError(f"the server exited with code {proc.returncode} during start-up:\n"
-                                       f"{handle.log_tail()}")
-            if time.perf_counter() > deadline:
-                raise ServerStartError(f"the server was not ready after {ready_timeout_s:.0f} s:\n{handle.log_tail()}")
-            time.sleep(0.05)
-        handle.url = ready.read_text().strip()
-        _wait_healthy(handle.url, deadline, lambda: proc.poll() is None, handle.log_tail)
-    except BaseException:
-        handle.stop(timeout_s=3.0)
-        raise
-    finally:
-        ready.unlink(missing_ok=True)
-    return handle
+    return handle.wait_ready() if wait else handle
 
 
 def _watch_parent(parent_pid: int) -> None:
@@ -253,9 +292,23 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-model-len", type=int, default=None, help="prompt + max_tokens limit (default: min(model, "
                    "4096))")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: 1 on CPU)")
+    p.add_argument("--variant", action="append", default=[], metavar="NAME=JSON",
+                   help="serve the weights also as NAME with other scheduler settings, e.g. "
+                   "'batch-1={\"scheduler\": \"static\", \"max_batch\": 1}' (repeatable; replaces the default name)")
     p.add_argument("--ready-file", default=None, help=argparse.SUPPRESS)
     p.add_argument("--exit-with-parent", type=int, default=None, help=argparse.SUPPRESS)
     return p
+
+
+def _variants(specs: list[str]) -> dict[str, dict[str, Any]] | None:
+    out = {}
+    for spec in specs:
+        name, sep, cfg = spec.partition("=")
+        try:
+            out[name] = json.loads(cfg) if sep else {}
+        except json.JSONDecodeError:
+            raise ValueError(f"--variant {spec!r}: expected NAME={{json}}, e.g. batch-1={{\"max_batch\": 1}}") from None
+    return out or None
 
 
 def cli(argv: list[str]) -> int:
@@ -266,12 +319,10 @@ def cli(argv: list[str]) -> int:
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: listening on {args.host}: this server has no authentication; anyone who can reach the "
               "address can use it.", file=sys.stderr)
-    from smml_lib.models import ModelLoadError
-    from smml_lib.serving import build_service, create_app
-
     import torch
 
-    from smml_lib.models import resolve_device
+    from smml_lib.models import ModelLoadError, resolve_device
+    from smml_lib.serving import build_service, create_app
 
     # One CPU thread by default: a small model gains nothing from more, and when other processes compete for
     # the cores, multi-threaded small matmuls slow down several-fold (threads wait for each other).
@@ -280,7 +331,7 @@ def cli(argv: list[str]) -> int:
         service = build_service(args.model, scheduler=args.scheduler, max_batch=args.max_batch,
                                 max_queue=args.max_queue, max_wait_ms=args.max_wait_ms, dtype=args.dtype,
                                 device=args.device, served_model_name=args.served_model_name,
-                                max_model_len=args.max_model_len)
+                                max_model_len=args.max_model_len, variants=_variants(args.variant))
     except (ModelLoadError, ValueError) as exc:
         print(f"smml serve: {exc}", file=sys.stderr)
         return 2
@@ -289,8 +340,9 @@ def cli(argv: list[str]) -> int:
     url = f"http://{host}:{sock.getsockname()[1]}"
 
     def on_started() -> None:
-        print(f"serving {service.model_name!r} at {url}/v1 ({args.scheduler} batching, max_batch={args.max_batch}, "
-              f"max_queue={args.max_queue}); Ctrl-C stops", flush=True)
+        models = ", ".join(f"{n!r} ({s.name} batching, max_batch={s.max_batch}, max_queue={s.max_queue})"
+                           for n, s in service.schedulers.items())
+        print(f"serving {models} at {url}/v1; Ctrl-C stops", flush=True)
         if args.ready_file:
             tmp = Path(args.ready_file + ".tmp")
             tmp.write_text(url)

@@ -270,3 +270,31 @@ def test_subprocess_server_with_a_bad_model_fails_fast_with_the_reason():
     with pytest.raises(ServerStartError, match="No checkpoint folder"):
         start_server("/nonexistent/llama", ready_timeout_s=60)
     assert time.perf_counter() - t0 < 30
+
+
+def test_variants_serve_the_same_weights_under_several_schedulers():
+    variants = {"one-at-a-time": {"scheduler": "static", "max_batch": 1}, "continuous": {"max_batch": 4}}
+    with start_server("tiny", in_process=True, variants=variants, reuse=True) as s:
+        assert start_server("tiny", in_process=True, variants=variants, reuse=True) is s  # a re-run cell reuses it
+        listed = httpx.get(s.base_url + "/models").json()["data"]
+        assert [(m["id"], m["scheduler"], m["max_batch"]) for m in listed] == [
+            ("one-at-a-time", "static", 1), ("continuous", "continuous", 4)]
+        texts = {m: _post(s, model=m, prompt=PROMPT, max_tokens=5, temperature=0,
+                          ignore_eos=True).json()["choices"][0]["text"] for m in variants}
+        assert texts["one-at-a-time"] == texts["continuous"]
+        assert _post(s, prompt=PROMPT).status_code == 404  # "tiny" is not one of the served names
+        per_model = s.health()["models"]
+        assert per_model["one-at-a-time"]["submitted"] == per_model["continuous"]["submitted"] == 1
+    assert not s.running
+
+
+def test_variant_settings_are_checked():
+    from smml_lib.serving import build_service
+    from smml_lib.serving_process import _variants
+
+    assert _variants(['b1={"scheduler": "static", "max_batch": 1}', "plain"]) == {
+        "b1": {"scheduler": "static", "max_batch": 1}, "plain": {}}
+    with pytest.raises(ValueError, match="expected NAME="):
+        _variants(["b1={max_batch: 1}"])
+    with pytest.raises(ValueError, match="scheduler must be one of"):
+        build_service("tiny", variants={"x": {"max_batchh": 2}})

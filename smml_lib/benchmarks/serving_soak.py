@@ -1,7 +1,7 @@
 """Soak: 1,000 requests at concurrency 32: none lost, each answered 200 or 429, server memory (RSS) flat.
 
-Target (issue 5). The server (continuous batching, 16 slots, a queue of 8: 32 users overflow it on purpose,
-so some requests must be refused with 429) runs as a subprocess on 127.0.0.1. After a warm-up, five rounds of
+Target (issue 5). The server (continuous batching, 16 slots, a queue of 12: 32 users overflow it on purpose,
+so some requests must be refused with 429; a refused user waits 0.5 s before its next request) runs as a subprocess on 127.0.0.1. After a warm-up, five rounds of
 200 requests alternate streaming and plain JSON answers with 4-32 tokens each. After every round the
 server's resident memory is read; "flat" means the line fitted through those readings rises by less than
 ``SLOPE_TARGET_MB`` per 100 requests and the whole run adds less than ``GROWTH_TARGET`` of the baseline.
@@ -22,7 +22,7 @@ GROWTH_TARGET = 0.05  # of the baseline RSS
 
 
 def soak(model: str = "tiny", *, requests: int = 1000, concurrency: int = 32, rounds: int = 5, warmup: int = 100,
-         max_batch: int = 16, max_queue: int = 8, time_limit_s: float = 300.0) -> dict:
+         max_batch: int = 16, max_queue: int = 12, time_limit_s: float = 300.0) -> dict:
     """Run the soak; returns the per-request results, RSS samples and server counters."""
     import pandas as pd
 
@@ -32,7 +32,7 @@ def soak(model: str = "tiny", *, requests: int = 1000, concurrency: int = 32, ro
     with start_server(model, scheduler="continuous", max_batch=max_batch, max_queue=max_queue) as server:
         spec = loadgen.LoadSpec(server.model_name, loadgen.make_prompts(64), max_tokens=(4, 32), ignore_eos=True)
         loadgen.run_sync(loadgen.run_level(server.base_url, spec, concurrency=concurrency, num_requests=warmup,
-                                           time_limit_s=time_limit_s))
+                                           time_limit_s=time_limit_s, pause_after_429_s=0.5))
         before = server.health()
         rss = [(0, server.rss_bytes())]
         results, t0 = [], time.perf_counter()
@@ -42,7 +42,7 @@ def soak(model: str = "tiny", *, requests: int = 1000, concurrency: int = 32, ro
                                     ignore_eos=True, stream=r % 2 == 0, seed=r + 1)
             got = loadgen.run_sync(loadgen.run_level(server.base_url, spec, concurrency=concurrency,
                                                      num_requests=per_round, time_limit_s=time_limit_s,
-                                                     label=f"round {r}"))
+                                                     label=f"round {r}", pause_after_429_s=0.5))
             results += got
             rss.append((len(results), server.rss_bytes()))
         wall_s = time.perf_counter() - t0
@@ -88,7 +88,7 @@ def main(argv: list[str]) -> int:
     from smml_lib.env import cpu_name, device_name
 
     print(f"machine: {device_name()} / {cpu_name()}; model {args.model}; {args.requests} requests at concurrency "
-          f"{args.concurrency} (continuous batching, 16 slots, queue 8)")
+          f"{args.concurrency} (continuous batching, 16 slots, queue 12)")
     run = soak(args.model, requests=args.requests, concurrency=args.concurrency)
     print(f"ran {run['wall_s']:.1f} s; RSS after each round (MB): "
           + ", ".join(f"{n}: {b / 1e6:.1f}" for n, b in zip(run["rss"]["requests"], run["rss"]["rss_bytes"])))
