@@ -293,9 +293,11 @@ def _kill_everything(pid: int) -> None:
             pass
 
 
-def _train_args(cfg: DrillConfig, ckpt_dir: Path, extra: Sequence[str] = ()) -> list[str]:
+def _train_args(cfg: DrillConfig, ckpt_dir: Path, extra: Sequence[str] = (), dump: bool = True) -> list[str]:
+    """The worker's flags; ``dump`` writes the final parameters (the runs that end: baseline and resumed)."""
     return ["--strategy", cfg.strategy, "--max-steps", str(cfg.max_steps), "--checkpoint-dir", str(ckpt_dir),
-            "--checkpoint-every", str(cfg.checkpoint_every), "--dump-params", *cfg.worker_args, *extra]
+            "--checkpoint-every", str(cfg.checkpoint_every), *(["--dump-params"] if dump else []),
+            *cfg.worker_args, *extra]
 
 
 def _params(run_dir: str | os.PathLike, strategy: str) -> dict[str, Any]:
@@ -339,7 +341,7 @@ def run_scenario(cfg: DrillConfig, workdir: Path, scenario: str, baseline: tuple
     with NoticeServer() as imds:
         extra = ["--notice-url", imds.url, "--notice-poll-s", str(cfg.poll_s)] if scenario == "notice" else []
         _say(cfg, f"{scenario}: start, interrupt after step {cfg.interrupt_after_step}")
-        job = launcher.start("worker_train", _train_args(cfg, ckpt_dir, extra), nproc=cfg.nproc,
+        job = launcher.start("worker_train", _train_args(cfg, ckpt_dir, extra, dump=False), nproc=cfg.nproc,
                              timeout_s=cfg.timeout_s, run_dir=folder / "run", echo=False)
         run = _Watched(job, cfg, scenario)
         run.wait_for_step(cfg.interrupt_after_step)
