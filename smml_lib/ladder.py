@@ -279,17 +279,20 @@ def run_ladder(model_id: str, rungs: list[Rung], *, prompt_tokens: int, new_toke
 
 
 def batch_sweep(model: Any, tokenizer: Any, batch_sizes: list[int], *, prompt_tokens: int, new_tokens: int,
-                static_compile: bool = False, repeats: int = 1, progress: bool = True) -> "Any":
+                static_compile: bool = False, repeats: int = 1, copy_gbps: float | None = None,
+                matmul_tflops: dict[str, float] | None = None, progress: bool = True) -> "Any":
     """Decode throughput and latency per batch size on the model as it is (dtype, attention: unchanged).
 
     With ``static_compile`` every batch size gets its own static cache and compiled graph (one compile each).
-    Returns batch_size, ttft_s, tpot_s, decode_tokens_per_s and the per-sequence tokens/s.
+    Returns batch_size, ttft_s, tpot_s, decode_tokens_per_s, the per-sequence tokens/s, TPOT relative to batch 1
+    and the achieved decode TFLOP/s; with the measured ceilings (``copy_gbps``, ``matmul_tflops`` per dtype) also
+    the roofline prediction ``predicted_tpot_s`` for each batch size (at the typical context of a step).
     """
     import pandas as pd
     from tqdm.auto import tqdm
 
     decoder = StaticDecoder(model, max_cache_len=prompt_tokens + new_tokens) if static_compile else None  # step scope
-    dtype = str(next(model.parameters()).dtype).replace("torch.", "")
+    dtype = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}[str(next(model.parameters()).dtype).replace("torch.", "")]
     rung = Rung("batch", dtype, model.config._attn_implementation or "sdpa", True, static_compile)
     rows = []
     for bs in tqdm(batch_sizes, desc="batch sizes", disable=not progress, leave=False):
@@ -299,8 +302,14 @@ def batch_sweep(model: Any, tokenizer: Any, batch_sizes: list[int], *, prompt_to
             decoder.first_call_s = None
         rows.append({k: row[k] for k in ("batch_size", "ttft_s", "tpot_s", "decode_tokens_per_s", "first_call_s")})
     df = pd.DataFrame(rows)
+    ctx = prompt_tokens + new_tokens // 2
     df["per_sequence_tokens_per_s"] = 1.0 / df["tpot_s"]
     df["tpot_vs_batch1"] = df["tpot_s"] / df["tpot_s"].iloc[0]
+    df["decode_tflops"] = df["batch_size"] * anatomy.forward_flops_per_token(model.config, ctx) / df["tpot_s"] / 1e12
+    if copy_gbps and matmul_tflops:
+        cached = Rung("kv_cache", rung.dtype, rung.attn, True)
+        df["predicted_tpot_s"] = [predict_tpot_s(model.config, cached, batch_size=int(b), context_len=ctx,
+                                                 copy_gbps=copy_gbps, matmul_tflops=matmul_tflops) for b in df["batch_size"]]
     return df
 
 

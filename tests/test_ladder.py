@@ -64,8 +64,8 @@ def test_compiled_mlps_are_used_in_decode_only_and_restored(tiny_model):
 def test_measure_rung_and_ladder_on_the_tiny_model():
     rungs = [Rung("naive", "fp32", "eager", False), Rung("kv_cache", "fp32", "sdpa", True),
              Rung("static", "fp32", "sdpa", True, True)]
-    df = ladder.run_ladder("tiny", rungs, prompt_tokens=8, new_tokens=6, copy_gbps=10.0,
-                           matmul_tflops={"fp32": 0.05}, repeats=1, device="cpu", compile_scope="mlp",
+    df = ladder.run_ladder("tiny", rungs, prompt_tokens=8, new_tokens=6, copy_gbps=1000.0,
+                           matmul_tflops={"fp32": 100.0}, repeats=1, device="cpu", compile_scope="mlp",
                            compile_backend="eager", progress=False)
     assert list(df["rung"]) == ["naive", "kv_cache", "static"]
     assert df["speedup_vs_naive"].iloc[0] == 1.0 and (df["tpot_s"] > 0).all()
@@ -80,9 +80,14 @@ def test_batch_sweep_and_knee():
     from smml_lib.models import load_llama
 
     model, tok = load_llama("tiny", device="cpu", dtype="fp32")
-    sw = ladder.batch_sweep(model, tok, [1, 4], prompt_tokens=8, new_tokens=4, progress=False)
+    sw = ladder.batch_sweep(model, tok, [1, 4], prompt_tokens=8, new_tokens=4, progress=False, copy_gbps=1000.0,
+                            matmul_tflops={"fp32": 100.0})
     assert list(sw["batch_size"]) == [1, 4] and sw["tpot_vs_batch1"].iloc[0] == 1.0
     assert (sw["decode_tokens_per_s"] == sw["batch_size"] / sw["tpot_s"]).all()
+    expected = ladder.predict_tpot_s(model.config, Rung("k", "fp32", "sdpa", True), batch_size=4, context_len=10,
+                                     copy_gbps=1000.0, matmul_tflops={"fp32": 100.0})
+    assert sw["predicted_tpot_s"].iloc[1] == pytest.approx(expected) and (sw["decode_tflops"] > 0).all()
+    assert "predicted_tpot_s" not in ladder.batch_sweep(model, tok, [1], prompt_tokens=4, new_tokens=2, progress=False)
     knee = pd.DataFrame({"batch_size": [1, 8, 64, 256], "tpot_vs_batch1": [1.0, 1.1, 1.4, 3.0]})
     assert ladder.knee_batch_size(knee) == 256 and ladder.knee_batch_size(knee, tolerance=1.3) == 64
     assert ladder.knee_batch_size(knee.iloc[:2]) is None
