@@ -312,7 +312,7 @@ async def _watch_disconnect(http_request: Any, queue: asyncio.Queue) -> None:
             return
 
 
-def create_app(service: CompletionService, *, on_ready: Any = None) -> Any:
+def create_app(service: CompletionService) -> Any:
     """The FastAPI application around a ``CompletionService`` (the model thread starts with the app)."""
     import contextlib
 
@@ -324,8 +324,6 @@ def create_app(service: CompletionService, *, on_ready: Any = None) -> Any:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> Any:
         service.attach(asyncio.get_running_loop())
-        if on_ready is not None:
-            on_ready()
         yield
         service.stop()
 

@@ -3,9 +3,10 @@
 Target (issue 5): continuous batching delivers at least 3x the output tokens/s of one-request-at-a-time
 serving at concurrency 16, tiny model on the CPU. Static batching (same batch size) is shown for context.
 
-Each configuration is a real server subprocess on 127.0.0.1 loaded by the load generator from this process
-(16 closed-loop streaming users, fixed-length answers). Configurations alternate over ``--rounds`` rounds
-so that a slow moment of a shared machine does not hit one side only; the median round is reported.
+One real server subprocess on 127.0.0.1 serves the tiny Llama under one name per configuration; the load
+generator in this process plays 16 closed-loop streaming users with fixed-length answers. Configurations
+alternate over ``--rounds`` rounds so that a slow moment of a shared machine does not hit one side only;
+the median round is reported.
 
     smml bench serving_batching [--rounds 3] [--requests 64] [--max-tokens 32] [--model tiny]
 """
@@ -20,23 +21,28 @@ CONFIGS = {"batch size 1": ("static", 1), "static batching": ("static", 16), "co
 
 def measure(model: str = "tiny", *, concurrency: int = 16, requests: int = 64, max_tokens: int = 32, rounds: int = 3,
             time_limit_s: float = 120.0, configs: dict[str, tuple[str, int]] | None = None) -> "tuple[object, object]":
-    """Run every configuration ``rounds`` times; returns (per-round summary, median per configuration)."""
+    """Run every configuration ``rounds`` times; returns (per-round summary, median per configuration).
+
+    One server subprocess serves the weights under one name per configuration (``variants``), so every
+    configuration runs in the same process on the same weights; only the one being measured is busy.
+    """
     import pandas as pd
 
     from smml_lib import loadgen
     from smml_lib.serving import start_server
 
+    configs = configs or CONFIGS
+    variants = {label: {"scheduler": sched, "max_batch": batch} for label, (sched, batch) in configs.items()}
     rows = []
-    for r in range(rounds):
-        order = list((configs or CONFIGS).items())
-        for label, (scheduler, batch) in (order if r % 2 == 0 else order[::-1]):
-            with start_server(model, scheduler=scheduler, max_batch=batch, max_queue=4 * concurrency,
-                              max_wait_ms=20) as server:
-                df = loadgen.sweep(server.base_url, server.model_name, [concurrency], requests_per_level=requests,
+    with start_server(model, variants=variants, max_queue=4 * concurrency, max_wait_ms=20) as server:
+        for r in range(rounds):
+            labels = list(configs) if r % 2 == 0 else list(configs)[::-1]
+            for label in labels:
+                df = loadgen.sweep(server.base_url, label, [concurrency], requests_per_level=requests,
                                    max_tokens=max_tokens, ignore_eos=True, label=label, time_limit_s=time_limit_s)
-            summary = loadgen.summarize(df)
-            summary["round"] = r
-            rows.append(summary)
+                summary = loadgen.summarize(df)
+                summary["round"] = r
+                rows.append(summary)
     per_round = pd.concat(rows, ignore_index=True)
     median = per_round.groupby("label", sort=False).median(numeric_only=True).reset_index()
     return per_round, median
