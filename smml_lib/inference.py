@@ -254,5 +254,7 @@ def measure_memory(model: Any, tokenizer: Any, *, batch_size: int = 1, context_l
     df = pd.DataFrame(rows, columns=["item", "predicted_bytes", "measured_bytes", "allocator_bytes"])
     df.loc[len(df)] = ["weights + kv_cache", pred["total"], weights + kv,
                        (alloc_w + alloc_kv) if cuda else None]
+    df[["predicted_bytes", "measured_bytes", "allocator_bytes"]] = df[
+        ["predicted_bytes", "measured_bytes", "allocator_bytes"]].astype(float)  # None -> NaN (shown as "-")
     df["measured_over_predicted"] = df["measured_bytes"] / df["predicted_bytes"]
     return df

@@ -127,20 +127,31 @@ class CpuBackend:
 
     name = "cpu"
 
+    MIN_WINDOW_S = 0.02  # CPU % over a shorter window is mostly rounding noise (it can read 500% on 2 cores)
+
     def __init__(self) -> None:
         import psutil
 
         self._psutil = psutil
         self.proc = psutil.Process()
-        self.proc.cpu_percent(None)  # the first call only starts the measurement interval
-        psutil.cpu_percent(None)
+        self._last = (time.perf_counter(), self._cpu_s())
+        psutil.cpu_percent(None)  # the first call only starts the system-wide measurement interval
+
+    def _cpu_s(self) -> float:
+        t = self.proc.cpu_times()
+        return t.user + t.system
 
     def energy_mj(self) -> dict[int, float | None]:
         return {}
 
     def read(self) -> list[dict[str, Any]]:
-        return [{"gpu": None, "cpu_percent": self.proc.cpu_percent(None),
-                 "system_cpu_percent": self._psutil.cpu_percent(None), "rss_gb": self.proc.memory_info().rss / 1e9}]
+        now, cpu = time.perf_counter(), self._cpu_s()
+        dt = now - self._last[0]
+        pct = 100 * (cpu - self._last[1]) / dt if dt >= self.MIN_WINDOW_S else None
+        if dt >= self.MIN_WINDOW_S:
+            self._last = (now, cpu)
+        return [{"gpu": None, "cpu_percent": pct, "system_cpu_percent": self._psutil.cpu_percent(None),
+                 "rss_gb": self.proc.memory_info().rss / 1e9}]
 
 
 def _visible_indices() -> list[int]:
@@ -309,7 +320,7 @@ class Sampler:
         out = []
         for key, part in df.groupby(keys, dropna=False, sort=False):
             key = key if isinstance(key, tuple) else (key,)
-            row: dict[str, Any] = {k: v for k, v in zip(keys, key)}
+            row: dict[str, Any] = {k: (v if v != "" else "(no phase)") for k, v in zip(keys, key)}
             row.update(backend=self.backend.name, samples=len(part),
                        duration_s=float(part["t_s"].max() - part["t_s"].min()) if len(part) > 1 else 0.0)
             for m in metrics:
