@@ -174,8 +174,8 @@ class StaticDecoder:
         with torch.no_grad(), self._compiled_mlps():  # no_grad, not inference_mode: CUDA-graph trees need it
             _sync(self.device)
             t0 = time.perf_counter()
-            with self._eager_mlps():
-                out = self.model(input_ids=ids, past_key_values=cache, use_cache=True)
+            with self._eager_mlps():  # logits of the last position only: B x T x vocab would not fit at large B
+                out = self.model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
             nxt = out.logits[:, -1, :].argmax(dim=-1, keepdim=True)
             _sync(self.device)
             ttft = time.perf_counter() - t0

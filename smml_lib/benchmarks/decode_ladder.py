@@ -23,7 +23,12 @@ def main(argv: list[str]) -> int:
     p.add_argument("--prompt-tokens", type=int, default=None)
     p.add_argument("--new-tokens", type=int, default=None)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: its own choice)")
     args = p.parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     import pandas as pd
     import torch
 

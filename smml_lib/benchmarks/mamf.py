@@ -25,7 +25,12 @@ def main(argv: list[str]) -> int:
     p.add_argument("--hi", type=int, default=None)
     p.add_argument("--align", type=int, default=None)
     p.add_argument("--top", type=int, default=8, help="print this many best shapes")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: its own choice)")
     args = p.parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
 
     from smml_lib.gemm import max_achievable_matmul
 
