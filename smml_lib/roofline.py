@@ -92,6 +92,18 @@ def measured_roof(ceilings: Any) -> Roof:
                 ceilings.matmul_dtype)
 
 
+def raise_roof(roof: Roof, tflops: Any) -> Roof:
+    """The measured roof lifted to the best TFLOP/s actually observed, if any measurement beat it.
+
+    A measured roof is "the best this device has been seen to do". When a later GEMM beats the ceiling
+    measured first (a noisy first measurement, a better shape), the roof moves up; the datasheet roof never does.
+    """
+    best = float(np.nanmax(np.asarray(tflops, dtype=float))) if len(tflops) else float("nan")
+    if roof.kind != "measured" or not best > roof.peak_tflops:
+        return roof
+    return Roof(f"{roof.label} (best seen)", best, roof.bandwidth_gbs, roof.kind, roof.dtype)
+
+
 def roofs(ceilings: Any = None, device_name: str | None = None, dtypes: list[str] | None = None) -> list[Roof]:
     """Measured roof (if ``ceilings`` given) plus datasheet roofs for ``dtypes`` where the device has an entry."""
     out = [measured_roof(ceilings)] if ceilings is not None else []

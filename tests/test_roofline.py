@@ -83,3 +83,12 @@ def test_decode_critical_batch_reaches_the_ridge():
     assert 400 < b < 600
     # at 256 tokens of context each sequence's KV reads (8.4 MB) outweigh its FLOPs / ridge: never compute-bound
     assert roofline.decode_critical_batch(cfg, "bf16", ridge=403, context_len=256) == float("inf")
+
+
+def test_raise_roof_only_lifts_measured_roofs():
+    measured = Roof("measured fp32", 1.0, 10.0, "measured", "fp32")
+    lifted = roofline.raise_roof(measured, [0.5, 2.0])
+    assert lifted.peak_tflops == 2.0 and lifted.bandwidth_gbs == 10.0 and "best seen" in lifted.label
+    assert roofline.raise_roof(measured, [0.5]) is measured  # nothing beat it
+    sheet = Roof("ds", 1.0, 10.0, "datasheet", "bf16")
+    assert roofline.raise_roof(sheet, [5.0]) is sheet  # datasheets do not move
