@@ -125,3 +125,22 @@ def decode_scaling(model: Any, tokenizer: Any, batches: Sequence[int], *, new_to
     df = df[["batch_size", "tpot_s", "decode_tokens_per_s"]].copy()
     df["gain_vs_batch_1"] = df["decode_tokens_per_s"] / df["decode_tokens_per_s"].iloc[0]
     return df
+
+
+def measure_batching_gain(model_id: str, batches: Sequence[int], *, device: Any = "auto", new_tokens: int = 16,
+                          prompt_tokens: int = 16) -> "Any":
+    """Load ``model_id``, run ``decode_scaling``, and free the model (and its GPU memory) again."""
+    import gc
+
+    import torch
+
+    from smml_lib.models import load_llama
+
+    model, tokenizer = load_llama(model_id, device=device)
+    try:
+        return decode_scaling(model, tokenizer, batches, new_tokens=new_tokens, prompt_tokens=prompt_tokens)
+    finally:
+        del model
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()  # leave the GPU to the servers (and to vLLM in the lab's last step)

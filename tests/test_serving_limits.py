@@ -59,3 +59,8 @@ def test_decode_scaling_on_the_tiny_model(tiny_model):
     assert list(df["batch_size"]) == [1, 4] and df["gain_vs_batch_1"].iloc[0] == pytest.approx(1.0)
     assert df["gain_vs_batch_1"].iloc[1] > 1.0  # four sequences per step beat one
     assert torch.get_num_threads() == threads  # restored
+
+
+def test_measure_batching_gain_loads_measures_and_frees():
+    df = serving_limits.measure_batching_gain("tiny", [1, 2], device="cpu", new_tokens=3, prompt_tokens=4)
+    assert list(df["batch_size"]) == [1, 2] and (df["decode_tokens_per_s"] > 0).all()
