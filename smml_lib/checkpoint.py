@@ -15,6 +15,9 @@ Layout of a checkpoint root (a local or shared folder; Module 03 copies these fo
     <root>/step_00000012/   .metadata  __0_0.distcp  __1_0.distcp  meta.json  rng/rank0.pt ...
     <root>/latest            text file: "step_00000012"
 
+On several nodes ``<root>`` must be one folder all nodes see (a shared file system): DCP's coordinator
+(rank 0) writes the ``.metadata`` index, and rank 0 renames the folder once every rank has written.
+
 A checkpoint is first written as ``.step_<N>.partial`` and renamed once every rank has finished, so a
 folder named ``step_*`` is always complete: a job killed mid-save leaves only a ``.partial`` folder,
 which resume ignores. Only the newest ``keep_last`` checkpoints are kept.
@@ -144,7 +147,7 @@ def save_checkpoint(root: str | os.PathLike, step: int, model: Any, optimizer: A
     final, partial = step_dir(root, step), root / f".step_{step:08d}.partial"
     barrier(env)
     t0 = time.perf_counter()
-    if env.local_rank == 0:
+    if env.rank == 0:
         shutil.rmtree(partial, ignore_errors=True)  # a leftover of a save that was killed
     barrier(env)
     model_sd, optim_sd = get_state_dict(model, optimizer)
@@ -152,20 +155,16 @@ def save_checkpoint(root: str | os.PathLike, step: int, model: Any, optimizer: A
         dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(partial))
     (partial / "rng").mkdir(parents=True, exist_ok=True)
     torch.save(_rng_state(), partial / "rng" / f"rank{env.rank}.pt")
-    barrier(env)
-    if env.local_rank == 0:  # one per node: works on a shared folder and on node-local disks
+    barrier(env)  # every shard is on disk
+    if env.rank == 0:  # one process finalizes: the folder must be shared by all nodes (e.g. FSx, EFS, NFS)
         info = {"step": step, "world_size": env.world_size, "saved_utc": time.time(), "torch": torch.__version__,
                 **(meta or {})}
-        tmp = partial / f"meta.json.{env.node_rank}.tmp"
-        tmp.write_text(json.dumps(info, indent=1, default=str))
-        os.replace(tmp, partial / "meta.json")
-        try:
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(partial, final)
-        except FileNotFoundError:  # another node renamed the shared folder first
-            pass
-        (root / LATEST).write_text(final.name)
+        (partial / "meta.json").write_text(json.dumps(info, indent=1, default=str))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(partial, final)  # atomic: a folder named step_* is always complete
+        (root / f"{LATEST}.tmp").write_text(final.name)
+        os.replace(root / f"{LATEST}.tmp", root / LATEST)
         for old in list_checkpoints(root)[:-keep_last] if keep_last > 0 else []:
             shutil.rmtree(old, ignore_errors=True)
     barrier(env)

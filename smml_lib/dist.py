@@ -189,10 +189,12 @@ def run_worker(main: Callable[[list[str]], int | None], argv: list[str] | None =
 
     The exception is re-raised after it is recorded, so torchrun also reports the rank as failed.
     """
+    from torch.distributed.elastic.multiprocessing.errors import record
+
     argv = sys.argv[1:] if argv is None else argv
     folder = _peek_run_dir(argv)
     try:
-        code = main(argv)
+        code = record(main)(argv)  # also writes torchrun's TORCHELASTIC_ERROR_FILE: its summary shows the traceback
     except BaseException as exc:  # noqa: BLE001 - record everything, including KeyboardInterrupt
         if not isinstance(exc, SystemExit) or exc.code not in (0, None):
             write_error(exc, folder)

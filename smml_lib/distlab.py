@@ -22,8 +22,9 @@ def summarize_training(df: Any) -> Any:
     keys = ["strategy", "world_size", "reshard_after_forward"]
     for _, part in df.groupby(keys, dropna=False, sort=False):
         r0 = part.sort_values("rank").iloc[0]
-        name = r0["strategy"] if r0["strategy"] != "fsdp" or r0["reshard_after_forward"] is not False \
-            else "fsdp_noreshard"
+        reshard = r0["reshard_after_forward"]
+        kept = r0["strategy"] == "fsdp" and reshard is not None and reshard == reshard and not bool(reshard)
+        name = "fsdp_noreshard" if kept else r0["strategy"]
         rows.append({
             "run": f"{name} x{r0['world_size']}", "strategy": name, "world_size": int(r0["world_size"]),
             "tokens_per_s": r0["tokens_per_s"], "step_time_s": part["step_time_s"].max(),
@@ -177,3 +178,23 @@ def measured_mfu(mode: str, fallback: float) -> tuple[float, str]:
     if len(vals):
         return float(vals.max()), f"measured in Lab 02-3 ({res.source}: {res.frame['device_name'].iloc[0]})"
     return fallback, f"assumed (Lab 02-3 ran on {res.frame['device_name'].iloc[0]}: no datasheet peak, no MFU)"
+
+
+def predicted_memory_table(cfg: Any, runs: list[tuple[str, int]], *, global_batch: int, seq_len: int,
+                           precision: str, micro_batch: int | None = None,
+                           activation_checkpointing: bool = False) -> Any:
+    """The planner's memory per process (MB, by component) for each ``(strategy, processes)`` run.
+
+    ``micro_batch``: sequences per forward (default: each process's whole share of the global batch).
+    """
+    import pandas as pd
+
+    rows = []
+    for strategy, n in runs:
+        mb = micro_batch or global_batch // n
+        p = training_memory(cfg, strategy=strategy, num_gpus=n, micro_batch=mb, seq_len=seq_len, precision=precision,
+                            activation_checkpointing=activation_checkpointing)
+        rows.append({"strategy": strategy, "world_size": n, "micro_batch": mb,
+                     **{c: b / 1e6 for c, b in zip(p["component"], p["bytes"])},
+                     "tensors_mb": p.attrs["tensors_bytes"] / 1e6, "peak_mb": p.attrs["peak_bytes"] / 1e6})
+    return pd.DataFrame(rows)

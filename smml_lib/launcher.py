@@ -330,9 +330,12 @@ def failure_message(run_dir: Path, returncode: int | None, tail: list[str]) -> t
     logs = sorted(run_dir.glob(f"logs/**/{rank if rank is not None else 0}/stderr.log"))
     if logs:
         log_tail = "\n".join(logs[-1].read_text(errors="replace").rstrip().splitlines()[-14:])
-    return (f"rank {rank if rank is not None else '?'} ended without a Python traceback (exit code {returncode}; "
-            f"a signal such as SIGKILL from the out-of-memory killer?). Last output:\n" +
-            (log_tail or "\n".join(tail[-14:])), rank, None, log_tail)
+    if rank is None:
+        return (f"torchrun exited with code {returncode} and no rank reported an error (a bad command line, or a rank "
+                "killed by a signal, e.g. SIGKILL from the out-of-memory killer). Last output:\n" + "\n".join(tail[-14:]),
+                None, None, "")
+    return (f"rank {rank} ended without a Python traceback (exit code {returncode}: killed by a signal, e.g. SIGKILL "
+            "from the out-of-memory killer?). Last output:\n" + (log_tail or "\n".join(tail[-14:])), rank, None, log_tail)
 
 
 def start(worker: str, args: Sequence[str] = (), *, nproc: int | None = None, backend: str = "auto",
@@ -395,11 +398,13 @@ def cli(argv: list[str]) -> int:
     p.add_argument("--timeout-s", type=float, default=3600)
     p.add_argument("--run-dir", default=None)
     p.add_argument("--print-command", action="store_true", help="print the torchrun command and exit")
-    p.add_argument("worker_args", nargs=argparse.REMAINDER, help="after --: the worker's own flags")
-    a = p.parse_args(argv)
-    rest = a.worker_args[1:] if a.worker_args[:1] == ["--"] else a.worker_args
+    p.add_argument("--nnodes", type=int, default=1, help="with --print-command: nodes of a multi-node job")
+    p.add_argument("--rdzv-endpoint", default=None, help="with --print-command: host:port of node 0")
+    own, rest = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
+    a = p.parse_args(own)  # the worker's own flags come after "--"
     if a.print_command:
-        print(" ".join(torchrun_command(a.worker, rest, nproc=a.nproc)))
+        print(" ".join(torchrun_command(a.worker, rest, nproc=a.nproc, nnodes=a.nnodes, rdzv_endpoint=a.rdzv_endpoint,
+                                        torchrun="torchrun" if a.nnodes > 1 else None)))
         return 0
     try:
         df = launch(a.worker, rest, nproc=a.nproc, backend=a.backend, timeout_s=a.timeout_s, run_dir=a.run_dir)

@@ -20,7 +20,10 @@ Every strategy trains on the same global batch at the same step (``smml_lib.data
 takes rows r*B/W..(r+1)*B/W of it, so losses and parameters match the single-process run up to
 floating-point reduction order. ``--precision bf16`` is mixed precision (fp32 master weights, bf16
 compute: autocast for single/DDP, ``MixedPrecisionPolicy`` for FSDP); ``--activation-checkpointing``
-recomputes each decoder layer in backward instead of storing its activations.
+recomputes each decoder layer in backward instead of storing its activations. ``--micro-batch M`` splits
+each rank's share into forwards of M sequences and accumulates gradients: DDP all-reduces once per step
+(``no_sync`` before), FSDP reduce-scatters after every micro-batch (keeping unsharded gradients until the
+last one would cost a full model's worth of memory).
 
 Checkpoints (``--checkpoint-dir D --checkpoint-every N``, ``--resume``) and the cooperative stop
 (SIGTERM/SIGUSR1, ``--notice-url URL --notice-poll-s S``) are described in ``smml_lib.checkpoint``.
@@ -223,9 +226,9 @@ def run_strategy(args: argparse.Namespace, env: DistEnv, strategy: str, stop: ck
             last = m == accum - 1
             sync = nullcontext()
             if strategy == "ddp_nosync" or (strategy == "ddp" and not last):
-                sync = model.no_sync()
-            elif strategy == "fsdp":
-                model.set_requires_gradient_sync(last)
+                sync = model.no_sync()  # accumulate locally; all-reduce only with the last micro-batch
+            # FSDP reduce-scatters after every micro-batch: skipping it would keep unsharded gradients
+            # (a full model's worth) until the last one, undoing the memory FSDP is for
             measure = args.measure_memory and not cuda and step == start + 1 and m == 0
             held: list = []
             with sync:

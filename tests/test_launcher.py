@@ -63,3 +63,10 @@ def test_hung_rank_is_killed_at_timeout(tmp_path):
         except psutil.Error:
             pass
     assert leftovers == []
+
+
+def test_cli_prints_the_command(capsys):
+    assert launcher.cli(["worker_collectives", "--print-command", "--nproc", "4", "--", "--max-bytes", "1G"]) == 0
+    out = capsys.readouterr().out.split()
+    assert "--nproc-per-node" in out and out[out.index("--nproc-per-node") + 1] == "4"
+    assert out[-3:] == ["smml_lib.worker_collectives", "--max-bytes", "1G"]

@@ -1,7 +1,8 @@
 """Distributed training on 2 gloo ranks: DDP and FSDP2 match the single-process run, and resume is exact.
 
 Tolerance (fp32): losses within 1e-5 relative and parameters within 2e-5 absolute of the single-process
-run after 4 Adam steps; the only difference is the order in which gradients are summed. A run resumed
+run after 4 Adam steps; the only difference is the order in which gradients are summed (the distributed
+runs also accumulate gradients over two micro-batches per rank, which must not change the result). A run resumed
 from a checkpoint must give the *same* losses and bitwise-equal final parameters as the uninterrupted run.
 
 Launches are batched (both strategies in one torchrun) because each start costs several seconds here.
@@ -40,9 +41,10 @@ def reference(tmp_path_factory):
     assert worker_train.main(COMMON + ["--strategy", "single", "--run-dir", str(single_dir)]) == 0
     single = json.loads((single_dir / "results" / "rank0000-train-single.json").read_text())[0]
     dist_dir = root / "dist"
-    df = launch("worker_train", COMMON + ["--strategy", "ddp,fsdp", "--checkpoint-dir", str(root / "ckpt"),
-                                          "--checkpoint-every", "2"], nproc=2, timeout_s=300, run_dir=dist_dir,
-                echo=False)
+    # micro-batch 1: each rank accumulates gradients over its 2 sequences (the single run does all 4 at once)
+    df = launch("worker_train", COMMON + ["--strategy", "ddp,fsdp", "--micro-batch", "1", "--checkpoint-dir",
+                                          str(root / "ckpt"), "--checkpoint-every", "2"], nproc=2, timeout_s=300,
+                run_dir=dist_dir, echo=False)
     return {"root": root, "single": single, "single_params": _params(single_dir, "single"), "df": df,
             "dist_dir": dist_dir}
 
@@ -50,7 +52,7 @@ def reference(tmp_path_factory):
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_matches_single_process(reference, strategy):
     row = _rank0(reference["df"], strategy)
-    assert row["world_size"] == 2 and row["steps_run"] == 4
+    assert row["world_size"] == 2 and row["steps_run"] == 4 and row["grad_accum"] == 2
     assert row["losses"] == pytest.approx(reference["single"]["losses"], rel=1e-5)
     got, want = _params(reference["dist_dir"], strategy), reference["single_params"]
     assert got.keys() == want.keys()
@@ -65,8 +67,9 @@ def test_resume_is_exact(reference):
     for s in ("ddp", "fsdp"):  # start from the step-2 checkpoints of the reference run
         shutil.copytree(root / "ckpt" / s / "step_00000002", root / "resume" / s / "step_00000002")
     out = root / "resumed"
-    df = launch("worker_train", COMMON + ["--strategy", "ddp,fsdp", "--checkpoint-dir", str(root / "resume"),
-                                          "--resume"], nproc=2, timeout_s=300, run_dir=out, echo=False)
+    df = launch("worker_train", COMMON + ["--strategy", "ddp,fsdp", "--micro-batch", "1", "--checkpoint-dir",
+                                          str(root / "resume"), "--resume"], nproc=2, timeout_s=300, run_dir=out,
+                echo=False)
     for s in ("ddp", "fsdp"):
         ref, row = _rank0(reference["df"], s), _rank0(df, s)
         assert row["resumed_from_step"] == 2 and row["first_step"] == 3
@@ -99,7 +102,7 @@ def test_sigterm_stops_with_checkpoint_then_resume_is_exact(reference, tmp_path)
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Notice)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}/latest/meta-data/spot/instance-action"
-    args = COMMON + ["--strategy", "ddp", "--checkpoint-dir", str(tmp_path / "ck"), "--notice-url", url,
+    args = COMMON + ["--strategy", "ddp", "--micro-batch", "1", "--checkpoint-dir", str(tmp_path / "ck"), "--notice-url", url,
                      "--notice-poll-s", "0.2"]
     job = start("worker_train", args, nproc=2, timeout_s=300, run_dir=tmp_path / "stopped", echo=False)
     while job.proc.poll() is None and not any("step    1/4" in line for line in job.tail):
