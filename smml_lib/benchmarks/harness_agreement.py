@@ -3,7 +3,9 @@
 Targets (issue 3): on CPU our median agrees with ``torch.utils.benchmark`` within 5% for a 1024³ fp32
 matmul; on a GPU our TFLOP/s for large bf16 GEMMs agrees with ``triton.testing.do_bench`` (median)
 within 3% in the same run. The timers run interleaved (ours, theirs, ours, theirs, ...) so a clock or
-load drift hits both alike; each side's figure is the median over rounds.
+load drift hits both alike; each side's figure is the median over rounds. On a busy CPU (load above the
+core count) use ``--threads 1``: multi-threaded matmuls then stall on thread synchronisation for whole
+scheduler slices, which hits the two timers unequally.
 
     smml bench harness_agreement [--rounds 3] [--sizes 4096 8192]
 """
