@@ -192,6 +192,7 @@ class Cluster:
     ifname: str | None = None  # the nodes' interface for GLOO/NCCL_SOCKET_IFNAME (None: detect per node)
     started_here: bool = False
     up_s: float = 0.0  # how long starting it took (0 when reused)
+    released: "DownReport | None" = None
 
     @property
     def available(self) -> bool:
@@ -203,11 +204,22 @@ class Cluster:
         return {"SLURM_CONF": str(self.conf)} if self.conf else {}
 
     def release(self) -> "DownReport | None":
-        """Stop the local cluster if this process started it (labs end with this); else leave it running."""
+        """Stop the local cluster if this process started it (labs end with this); else leave it running.
+
+        Calling it again returns the first call's report (a re-run cell sees the same answer).
+        """
         if self.kind == "local" and self.started_here:
             self.started_here = False
-            return down()
-        return None
+            self.released = down()
+            _OWNED.clear()
+        return self.released
+
+    def link_limit(self, rate_mbit: float | None) -> Any:
+        """``with cluster.link_limit(1000):`` limits the node links of the local cluster (``tc``); on a real
+        cluster (or none) it changes nothing: the network is what the instances have."""
+        if self.kind == "local" and rate_mbit:
+            return link_limit(rate_mbit)
+        return contextlib.nullcontext([])
 
     def describe(self) -> str:
         if not self.available:
@@ -282,7 +294,10 @@ def write_slurm_conf(d: Path, nodes: list[str], cpus_per_node: int) -> Path:
         f"SlurmctldPort={CTLD_PORT}", f"SlurmdPort={SLURMD_PORT}",
         "SlurmUser=root", "SlurmdUser=root",
         "AuthType=auth/munge", "CredType=cred/munge",
-        f"AuthInfo=socket={d / 'munge' / 'munge.socket'}",
+        # cred_expire: how long a revoked job credential is remembered, and so how long a requeued job is
+        # held before it may start again (BeginTime); Slurm's default is 120 s
+        f"AuthInfo=socket={d / 'munge' / 'munge.socket'},cred_expire=10",
+        "SchedulerParameters=sched_interval=2,bf_interval=2",  # a tiny queue: look for startable jobs often
         f"StateSaveLocation={d / 'state'}",
         f"SlurmdSpoolDir={d / 'spool' / '%n'}",
         f"SlurmctldPidFile={d / 'run' / 'slurmctld.pid'}", f"SlurmdPidFile={d / 'run' / 'slurmd-%n.pid'}",
@@ -429,9 +444,29 @@ def ensure(kind: str = "auto", *, stop_at_exit: bool = True) -> Cluster:
         cluster = up()
     except ClusterError as exc:
         return Cluster("none", str(exc))
-    if cluster.started_here and stop_at_exit:
-        atexit.register(cluster.release)
+    started = (_read_state() or {}).get("started_utc")
+    if cluster.started_here:
+        _OWNED["started_utc"] = started
+        if stop_at_exit and not _OWNED.get("atexit"):
+            atexit.register(_stop_at_exit)
+            _OWNED["atexit"] = True
+    elif started is not None and started == _OWNED.get("started_utc"):
+        cluster.started_here = True  # this process started it in an earlier call (a cell run twice)
     return cluster
+
+
+_OWNED: dict[str, Any] = {}  # the cluster this process started (its state's started_utc)
+
+
+def _stop_at_exit() -> None:
+    """At interpreter exit, stop the cluster this process started, from a detached process: a notebook
+    kernel can be killed a moment after its exit handlers begin, and a half-done teardown helps nobody."""
+    state = _read_state()
+    if not state or state.get("started_utc") != _OWNED.get("started_utc"):
+        return
+    subprocess.Popen([sys.executable, "-c", "from smml_lib.cluster import cli; cli(['down'])"],
+                     start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                     stderr=subprocess.DEVNULL)
 
 
 def existing(timeout_s: float = 5.0) -> Cluster:

@@ -31,7 +31,9 @@ machine (one node) and says so.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
+import os
 import re
 import shlex
 import subprocess
@@ -148,6 +150,9 @@ export TORCH_ELASTIC_SHUTDOWN_TIMEOUT={max(10, job.signal_lead_s - 15)}   # SIGT
 export OMP_NUM_THREADS=${{OMP_NUM_THREADS:-$(( $(nproc) / {job.nproc_per_node} > 0 ? $(nproc) / {job.nproc_per_node} : 1 ))}}   # CPU threads per process
 {chr(10).join(env_lines)}
 export RESTART=${{SLURM_RESTART_COUNT:-0}}
+if [ "$RESTART" -gt 0 ] && [ -d "$SMML_RUN_DIR/results" ]; then   # keep what the interrupted attempt reported
+  mkdir -p "$SMML_RUN_DIR/attempt$((RESTART - 1))" && mv "$SMML_RUN_DIR/results" "$SMML_RUN_DIR/attempt$((RESTART - 1))/"
+fi
 
 # 1. Rendezvous: the first node of the allocation hosts torchrun's c10d store, at its Slurm address.
 HEAD_NODE=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
@@ -208,8 +213,6 @@ def write_script(job: TorchrunJob, run_dir: Path | None = None) -> Path:
 def slurm_cmd(args: list[str], env: dict[str, str] | None = None, timeout_s: float = 15.0,
               check: bool = True) -> subprocess.CompletedProcess:
     """Run a Slurm client command with a timeout; ``SlurmError`` when it is missing, hangs or fails."""
-    import os
-
     try:
         out = subprocess.run(args, capture_output=True, text=True, timeout=timeout_s,
                              env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL)
@@ -263,6 +266,13 @@ class JobRun:
 
         return read_results(self.run_dir, tag)
 
+    def attempt_results(self, tag: str | None = None) -> list[Any]:
+        """Results of every attempt, oldest first: interrupted ones (before a requeue), then the last one."""
+        from smml_lib.launcher import read_results
+
+        earlier = sorted(self.run_dir.glob("attempt*/results"), key=lambda p: int(p.parent.name[7:]))
+        return [read_results(p.parent, tag) for p in earlier] + [self.results(tag)]
+
     def seconds_in(self, state: str) -> float:
         """Seconds spent in ``state`` (e.g. PENDING = queue wait), summed over the timeline."""
         total = 0.0
@@ -305,11 +315,6 @@ def preempt(job_id: str, env: dict[str, str] | None = None) -> None:
     slurm_cmd(["scancel", "--signal=USR1", "--batch", str(job_id)], env)
 
 
-def start_now(job_id: str, env: dict[str, str] | None = None) -> None:
-    """Let a requeued job start at once (Slurm holds requeued jobs ~2 min, ``BeginTime``). Needs admin rights."""
-    slurm_cmd(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], env)
-
-
 def after_step(step: int) -> Callable[[str], bool]:
     """A ``preempt_when`` predicate: true once the log shows the worker finished ``step``."""
     pattern = re.compile(rf"\bstep\s+{step}/")
@@ -319,6 +324,10 @@ def after_step(step: int) -> Callable[[str], bool]:
 def submit(job: TorchrunJob, cluster: Any = None, run_dir: Path | None = None, timeout_s: float = 30.0) -> JobRun:
     """Write the script and ``sbatch`` it; returns the ``JobRun`` to follow. ``SlurmError`` if refused."""
     env = cluster.env if cluster is not None else None
+    if getattr(cluster, "kind", "") == "local" and "OMP_NUM_THREADS" not in job.env:
+        # the local cluster's "nodes" share this machine's cores: one thread per process, or they fight
+        threads = max(1, (os.cpu_count() or 1) // job.world_size)
+        job = dataclasses.replace(job, env={**job.env, "OMP_NUM_THREADS": str(threads)})
     script = write_script(job, run_dir)
     out = slurm_cmd(["sbatch", "--parsable", str(script)], env, timeout_s)
     job_id = out.stdout.strip().split(";")[0]
@@ -328,18 +337,18 @@ def submit(job: TorchrunJob, cluster: Any = None, run_dir: Path | None = None, t
 
 
 def follow(run: JobRun, cluster: Any = None, *, timeout_s: float = 300.0, poll_s: float = 0.25, echo: bool = True,
-           preempt_when: Callable[[str], bool] | None = None, expedite_requeue: bool | None = None,
-           cancel_on_timeout: bool = True) -> JobRun:
+           preempt_when: Callable[[str], bool] | None = None, cancel_on_timeout: bool = True) -> JobRun:
     """Poll the job until it ends; record each state change in ``run.timeline`` (and print it).
+
+    A requeued job waits in PENDING (reason ``BeginTime``) until its old job credential has expired
+    (slurm.conf ``AuthInfo=cred_expire``: 120 s by default, 10 s on the local cluster).
 
     Args:
         preempt_when: called with the log while the first run is RUNNING; when true, ``preempt`` the job once.
-        expedite_requeue: skip Slurm's requeue delay (``start_now``); default: on for the local cluster.
         cancel_on_timeout: ``scancel`` a job still running at ``timeout_s`` (nothing keeps running behind a
             notebook), then raise ``SlurmError``.
     """
     env = cluster.env if cluster is not None else None
-    expedite = expedite_requeue if expedite_requeue is not None else getattr(cluster, "kind", "") == "local"
     preempted, last = False, None
     deadline = time.monotonic() + timeout_s
     while True:
@@ -366,8 +375,6 @@ def follow(run: JobRun, cluster: Any = None, *, timeout_s: float = 300.0, poll_s
             if echo:
                 print(f"  {time.monotonic() - run.submitted:7.2f} s  sent SIGUSR1 to the batch script (as Slurm "
                       "does before a time limit)", flush=True)
-        if expedite and state == "PENDING" and run.restarts > 0 and run.reason == "BeginTime":
-            start_now(run.job_id, env)
         if time.monotonic() > deadline:
             if cancel_on_timeout:
                 slurm_cmd(["scancel", run.job_id], env, check=False)
@@ -455,7 +462,9 @@ def run_locally(job: TorchrunJob, *, reason: str = "", timeout_s: float = 300.0,
     while True:
         run.timeline.append({"t_s": round(time.monotonic() - run.submitted, 2), "state": "RUNNING", "reason": "",
                              "nodes": "localhost", "restarts": run.restarts})
-        handle = start(job.worker, job.args, nproc=job.world_size, timeout_s=timeout_s, env=dict(job.env),
+        args = [a.replace("${SMML_RUN_DIR}", str(run.run_dir)).replace("$SMML_RUN_DIR", str(run.run_dir))
+                for a in job.args]  # what the job script's shell would expand
+        handle = start(job.worker, args, nproc=job.world_size, timeout_s=timeout_s, env=dict(job.env),
                        run_dir=run.run_dir, echo=echo)
         done, sent = threading.Event(), []
 
@@ -483,6 +492,9 @@ def run_locally(job: TorchrunJob, *, reason: str = "", timeout_s: float = 300.0,
             done.set()
         lines += list(handle.tail)
         if sent and df.attrs.get("stopped_early"):
+            keep = run.run_dir / f"attempt{run.restarts}"  # as the sbatch script keeps an interrupted attempt's results
+            keep.mkdir(parents=True, exist_ok=True)
+            (run.run_dir / "results").rename(keep / "results")
             run.restarts += 1  # what --requeue does on a cluster: the same command again, resuming
             if echo:
                 print("  workers stopped after a checkpoint: running the command again (as a requeue would)")

@@ -283,3 +283,38 @@ class LocalS3:
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
+
+
+@dataclass
+class Target:
+    """Where a lab puts checkpoints: a real bucket (``s3_url``) or a local S3-compatible server."""
+
+    base_url: str
+    client: Any
+    server: LocalS3 | None = None
+
+    def url(self, *parts: str) -> str:
+        return "/".join([self.base_url.rstrip("/"), *[p.strip("/") for p in parts if p]])
+
+    @property
+    def kind(self) -> str:
+        return f"local S3 server {self.server.endpoint_url}" if self.server else "AWS S3"
+
+    def close(self) -> None:
+        if self.server:
+            self.server.stop()
+
+
+_LOCAL_SERVERS: dict[str, LocalS3] = {}  # one local server per bucket per process (a re-run cell reuses it)
+
+
+def open_target(s3_url: str = "", *, bucket: str = "smml-checkpoints") -> Target:
+    """``s3_url`` (e.g. ``"s3://my-bucket/smml"``, needs credentials) or, when empty, a local S3 server."""
+    if s3_url:
+        parse_s3_url(s3_url)
+        return Target(s3_url.rstrip("/"), s3_client())
+    server = _LOCAL_SERVERS.get(bucket)
+    if server is None or server._server is None:
+        server = _LOCAL_SERVERS[bucket] = LocalS3(bucket).start()
+    return Target(f"s3://{bucket}/smml", server.client(), server)
+

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
+import time
 
 import pytest
 
@@ -111,6 +113,19 @@ def test_down_leaves_nothing_then_up_again(local_cluster):
     assert not any(d["alive"] for d in cluster.status()["daemons"])  # state.json is gone too
     c = cluster.up()  # the session fixture tears it down at the end
     assert c.started_here and cluster.status()["up"]
+
+
+@needs_cluster
+def test_a_process_that_started_the_cluster_stops_it_when_it_exits(local_cluster):
+    cluster.down()
+    code = ("from smml_lib import cluster; a = cluster.ensure('local'); b = cluster.ensure('local'); "
+            "assert a.started_here and b.started_here, 'a re-run cell keeps ownership'")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+    deadline = time.monotonic() + 30  # the exit handler stops it from a detached process
+    while time.monotonic() < deadline and (_ours_left() or cluster.status()["daemons"]):
+        time.sleep(0.3)
+    assert not _ours_left() and not cluster.status()["daemons"]
+    cluster.up()
 
 
 @needs_cluster

@@ -1,0 +1,80 @@
+"""Module 03's lab helpers (``smml_lib.multinode``) on hand-made job folders: fast, no cluster, no torch run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from smml_lib import multinode, slurm
+from smml_lib.lab import Lab
+
+
+class _Lab(Lab):
+    def __init__(self, mode: str):
+        import torch
+
+        super().__init__("test", mode, torch.device("cpu"))
+
+
+def _write_rows(folder, rows, tag="train-ddp"):
+    (folder / "results").mkdir(parents=True, exist_ok=True)
+    for r in rows:
+        (folder / "results" / f"rank{r['rank']:04d}-{tag}.json").write_text(json.dumps([r]))
+
+
+def _train_row(rank, first, losses, **extra):
+    return {"rank": rank, "num_nodes": 2, "world_size": 2, "backend": "gloo", "params": 1000, "step_time_s": 0.5,
+            "tokens_per_s": 100.0, "losses": losses, "first_step": first, "last_step": first + len(losses) - 1,
+            "resumed_from_step": first - 1 if first > 1 else None, "checkpoint_bytes": 12000, "save_s": 0.1,
+            "load_s": 0.2 if first > 1 else None, **extra}
+
+
+def test_traffic_and_checkpoint_models():
+    p = 1_000_000
+    assert multinode.comm_bytes_per_step("ddp", p, 2) == pytest.approx(4e6)  # 2(n-1)/n x 4P
+    assert multinode.comm_bytes_per_step("ddp", p, 8) == pytest.approx(2 * 7 / 8 * 4e6)
+    assert multinode.comm_bytes_per_step("fsdp", p, 8) == pytest.approx(7 / 8 * 8e6)
+    assert multinode.comm_bytes_per_step("ddp", p, 1) == 0
+    assert multinode.checkpoint_bytes_predicted(p) == 12e6
+    with pytest.raises(ValueError):
+        multinode.comm_bytes_per_step("tp", p, 2)
+
+
+def test_jobs_follow_the_mode():
+    smoke, real = _Lab("smoke"), _Lab("real")
+    assert multinode.resources(smoke) == {"nodes": 2, "nproc_per_node": 1, "gpus_per_node": 0}
+    assert multinode.resources(real) == {"nodes": 2, "nproc_per_node": 4, "gpus_per_node": 4}
+    job = multinode.train_job(real, "t", steps=5, resume=True)
+    assert job.gpus_per_node == 4 and "--resume" in job.args and "fsdp" in job.args and "bf16" in job.args
+    assert "$SMML_RUN_DIR/ckpt" in job.args  # expanded by the job script's shell on the node
+    coll = multinode.collectives_job(smoke, "c", nodes=1, nproc_per_node=2)
+    assert coll.worker == "worker_collectives" and coll.gpus_per_node == 0 and coll.world_size == 2
+
+
+def test_summaries_join_the_attempts_of_a_requeued_job(tmp_path):
+    straight = slurm.JobRun("1", tmp_path / "a", tmp_path / "a" / "job.sbatch")
+    _write_rows(straight.run_dir, [_train_row(0, 1, [4.0, 3.0, 2.0, 1.0]), _train_row(1, 1, [4.0, 3.0, 2.0, 1.0])])
+    resumed = slurm.JobRun("2", tmp_path / "b", tmp_path / "b" / "job.sbatch", restarts=1)
+    _write_rows(resumed.run_dir / "attempt0", [_train_row(0, 1, [4.0, 3.0], stopped_early=True)])
+    _write_rows(resumed.run_dir, [_train_row(0, 3, [2.0, 1.0])])
+    losses = multinode.losses_frame({"straight": straight, "resumed": resumed})
+    r = losses[losses["run"] == "resumed"]
+    assert list(r["step"]) == [1, 2, 3, 4] and list(r["attempt"]) == [0, 0, 1, 1]
+    summary = multinode.training_summary({"straight": straight, "resumed": resumed})
+    assert list(summary["restarts"]) == [0, 1] and summary["resumed_from_step"].iloc[1] == 2
+    assert summary["final_loss"].tolist() == [1.0, 1.0]
+    multinode.plot_losses({"straight": straight, "resumed": resumed}, "test_m03_losses")
+
+
+def test_timeline_accounting_and_plot(tmp_path):
+    run = slurm.JobRun("3", tmp_path, tmp_path / "job.sbatch", timeline=[
+        {"t_s": 0.0, "state": "PENDING"}, {"t_s": 1.5, "state": "RUNNING"}, {"t_s": 9.0, "state": "PENDING"},
+        {"t_s": 10.0, "state": "RUNNING"}, {"t_s": 20.0, "state": "COMPLETED"}])
+    assert run.seconds_in("PENDING") == pytest.approx(2.5) and run.elapsed_s == 20.0
+    multinode.plot_timeline({"x": run}, "test_m03_timeline")
+
+
+def test_fresh_folders_are_new_every_time():
+    a, b = multinode.fresh_folder("restore-test"), multinode.fresh_folder("restore-test")
+    assert a != b and a.is_dir() and not any(a.iterdir())
