@@ -14,10 +14,13 @@ from smml_lib import plots
 from smml_lib.slurm import JobRun, TorchrunJob
 
 
-def resources(lab: Any) -> dict[str, int]:
-    """Nodes, processes and GPUs per node for the lab's mode (2 x 4 L4 on the course cluster)."""
+def resources(lab: Any) -> dict[str, Any]:
+    """Nodes, processes and GPUs per node for the lab's mode: 2 whole g6.12xlarge (4 L4 each) on the course
+    cluster (``exclusive``: no other job shares the node's GPUs, CPUs, PCIe or network), 2 x 1 process on
+    the local one."""
     gpus = lab.pick(smoke=0, real=4)
-    return {"nodes": 2, "nproc_per_node": lab.pick(smoke=1, real=gpus), "gpus_per_node": gpus}
+    return {"nodes": 2, "nproc_per_node": lab.pick(smoke=1, real=gpus), "gpus_per_node": gpus,
+            "exclusive": not lab.smoke}
 
 
 def train_args(lab: Any, *, steps: int, checkpoint_every: int = 0, resume: bool = False,
@@ -44,7 +47,7 @@ def collectives_job(lab: Any, name: str, *, nodes: int, nproc_per_node: int) -> 
             "--iters", str(lab.pick(smoke=4, real=20)), "--warmup", str(lab.pick(smoke=1, real=5))]
     gpus = nproc_per_node if not lab.smoke else 0
     return TorchrunJob("worker_collectives", args, nodes=nodes, nproc_per_node=nproc_per_node, gpus_per_node=gpus,
-                       name=name, time_limit="00:10:00")
+                       exclusive=not lab.smoke, name=name, time_limit="00:10:00")
 
 
 def rank0(run: JobRun, tag: str | None = None) -> Any:

@@ -107,6 +107,7 @@ def render_sbatch(job: TorchrunJob, run_dir: str | Path) -> str:
                        f"--signal=B:USR1@{job.signal_lead_s}          # warn this script {job.signal_lead_s} s "
                        "before the time limit"]
     env_lines = [f"export {k}={_shell_word(str(v))}" for k, v in job.env.items()]
+    cpus = job.cpus_per_task or '"${SLURM_CPUS_ON_NODE:-1}"'  # all CPUs the job holds on the node
     ifname = f'"{job.socket_ifname}"' if job.socket_ifname else \
         """$(ip -o -4 addr show | awk -v ip="$NODE_IP" '{split($4, a, "/"); if (a[1] == ip) {print $2; exit}}')"""
     return f"""#!/bin/bash
@@ -159,7 +160,8 @@ on_usr1() {{
 trap on_usr1 USR1
 trap 'echo "[smml] $(date +%T) SIGTERM: the job is being cancelled or preempted"' TERM
 
-srun --kill-on-bad-exit=1 bash -c smml_node &
+# srun does not inherit --cpus-per-task from sbatch (Slurm >= 22.05): give torchrun the node's CPUs explicitly
+srun --kill-on-bad-exit=1 --ntasks-per-node=1 --cpus-per-task={cpus} bash -c smml_node &
 SRUN_PID=$!
 while true; do wait "$SRUN_PID"; RC=$?; kill -0 "$SRUN_PID" 2>/dev/null || break; done
 if [ "$PREEMPTED" = 1 ] && [ "{int(job.requeue)}" = 1 ]; then

@@ -30,7 +30,8 @@ def test_script_has_multinode_torchrun_essentials(tmp_path):
                    "#SBATCH --signal=B:USR1@120", f"#SBATCH --output={tmp_path}/slurm-%j.out",
                    "SMML_BACKEND=nccl", "NCCL_SOCKET_IFNAME", "GLOO_SOCKET_IFNAME", "FI_PROVIDER=efa",
                    "--rdzv-backend c10d", '"$HEAD_ADDR:$RDZV_PORT"', "is_host=$IS_HOST", "--nproc-per-node 4",
-                   "-m smml_lib.worker_train --strategy fsdp", "scontrol requeue", "TORCH_ELASTIC_SHUTDOWN_TIMEOUT=105"):
+                   "-m smml_lib.worker_train --strategy fsdp", "scontrol requeue", "TORCH_ELASTIC_SHUTDOWN_TIMEOUT=105",
+                   '--cpus-per-task="${SLURM_CPUS_ON_NODE:-1}"'):
         assert needle in text, needle
     subprocess.run(["bash", "-n"], input=text, text=True, check=True)  # valid bash
     cpu = slurm.render_sbatch(slurm.TorchrunJob("worker_hello", requeue=False, socket_ifname="eth1"), tmp_path)

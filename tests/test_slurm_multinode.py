@@ -43,10 +43,10 @@ def test_traffic_and_checkpoint_models():
 
 def test_jobs_follow_the_mode():
     smoke, real = _Lab("smoke"), _Lab("real")
-    assert multinode.resources(smoke) == {"nodes": 2, "nproc_per_node": 1, "gpus_per_node": 0}
-    assert multinode.resources(real) == {"nodes": 2, "nproc_per_node": 4, "gpus_per_node": 4}
+    assert multinode.resources(smoke) == {"nodes": 2, "nproc_per_node": 1, "gpus_per_node": 0, "exclusive": False}
+    assert multinode.resources(real) == {"nodes": 2, "nproc_per_node": 4, "gpus_per_node": 4, "exclusive": True}
     job = multinode.train_job(real, "t", steps=5, resume=True)
-    assert job.gpus_per_node == 4 and "--resume" in job.args and "fsdp" in job.args and "bf16" in job.args
+    assert job.gpus_per_node == 4 and job.exclusive and "--resume" in job.args and "fsdp" in job.args and "bf16" in job.args
     assert "$SMML_RUN_DIR/ckpt" in job.args  # expanded by the job script's shell on the node
     coll = multinode.collectives_job(smoke, "c", nodes=1, nproc_per_node=2)
     assert coll.worker == "worker_collectives" and coll.gpus_per_node == 0 and coll.world_size == 2
