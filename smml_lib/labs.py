@@ -8,7 +8,7 @@ others; the command exits non-zero if any failed.
 
     smml labs                        # every lab on its embedded default (real on GPUs, smoke on CPU)
     smml labs --smoke                # force smoke mode (what CI does)
-    smml labs --only 01_ --param model_id=/models/Llama-3.2-1B
+    smml labs --only 01_Leveraging --param model_id=/models/Llama-3.2-1B
 """
 
 from __future__ import annotations
@@ -206,7 +206,7 @@ def cli(argv: list[str]) -> int:
 
     p = argparse.ArgumentParser(prog="smml labs", description=__doc__.split("\n\n")[0])
     p.add_argument("--smoke", action="store_true", help="force smoke mode (tiny model, CPU sizes)")
-    p.add_argument("--only", help="run only notebooks whose path contains this text (e.g. 01_ or gemm)")
+    p.add_argument("--only", help="run only notebooks whose path contains this text (e.g. 01_Leveraging or gemm)")
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                    help="override a parameter in every selected lab that declares it (e.g. model_id)")
     p.add_argument("--solutions", action="store_true", help="also run the instructors' solution notebooks")
