@@ -48,7 +48,7 @@ class TorchrunJob:
     exclusive: bool = False  # whole nodes (real clusters: nobody else's job shares your GPUs' PCIe/NIC)
     requeue: bool = True
     signal_lead_s: int = 90  # SIGUSR1 this long before the time limit: finish a step and save in time
-    rdzv_port: int = 29500
+    rdzv_port: int | None = None  # None: 20000 + a number from the job id and restart (see render_sbatch)
     socket_ifname: str | None = None  # None: each node uses the interface carrying its Slurm address
     backend: str = "auto"  # SMML_BACKEND: auto = nccl when gpus_per_node > 0, else gloo
     env: dict[str, str] = field(default_factory=dict)
@@ -108,6 +108,7 @@ def render_sbatch(job: TorchrunJob, run_dir: str | Path) -> str:
                        "before the time limit"]
     env_lines = [f"export {k}={_shell_word(str(v))}" for k, v in job.env.items()]
     cpus = job.cpus_per_task or '"${SLURM_CPUS_ON_NODE:-1}"'  # all CPUs the job holds on the node
+    port = job.rdzv_port or "$(( 20000 + (SLURM_JOB_ID % 3000) * 4 + RESTART % 4 ))"
     ifname = f'"{job.socket_ifname}"' if job.socket_ifname else \
         """$(ip -o -4 addr show | awk -v ip="$NODE_IP" '{split($4, a, "/"); if (a[1] == ip) {print $2; exit}}')"""
     return f"""#!/bin/bash
@@ -128,7 +129,9 @@ fi
 
 # 1. Rendezvous: the first node of the allocation hosts torchrun's c10d store, at its Slurm address.
 HEAD_NODE=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
-export HEAD_ADDR=$(scontrol show node "$HEAD_NODE" | {_ADDR_OF}) RDZV_PORT={job.rdzv_port}
+export HEAD_ADDR=$(scontrol show node "$HEAD_NODE" | {_ADDR_OF})
+# a port per job and restart: the previous job's (or attempt's) store port may still be held on this node
+export RDZV_PORT={port}
 echo "[smml] job $SLURM_JOB_ID (restart $RESTART) on $SLURM_JOB_NODELIST: rendezvous $HEAD_ADDR:$RDZV_PORT, $(date +%T)"
 
 # 2. On every node: this node's address and interface, EFA if present, then torchrun.
