@@ -107,6 +107,11 @@ def download_from_hub(repo_id: str, *, token: str | None = None, revision: str |
     endpoint = _hub_endpoint()
     _probe(endpoint, timeout_s)  # 2. fail in seconds, not minutes, when there is no network
     token = token or os.environ.get("HF_TOKEN") or None
+    from huggingface_hub import constants
+
+    # huggingface_hub reads HF_HUB_OFFLINE once, at import; we honour the environment as it is *now* (a learner
+    # may have changed it in a notebook cell), so the library's flag follows it for the length of the download.
+    imported_offline, constants.HF_HUB_OFFLINE = constants.HF_HUB_OFFLINE, False
     try:  # 3. download (the hub's own progress bars show how far it got)
         return Path(snapshot_download(repo_id, revision=revision, token=token, allow_patterns=HUB_PATTERNS,
                                       etag_timeout=timeout_s, endpoint=endpoint))
@@ -126,6 +131,8 @@ def download_from_hub(repo_id: str, *, token: str | None = None, revision: str |
     except (OSError, ConnectionError) as exc:
         raise ModelLoadError(f"Download of {repo_id!r} failed ({type(exc).__name__}: {exc}). Check the network "
                              "and free disk (smml doctor), or pass a local folder.") from None
+    finally:
+        constants.HF_HUB_OFFLINE = imported_offline
 
 
 def resolve_checkpoint(model_id: str, *, token: str | None = None, revision: str | None = None,
