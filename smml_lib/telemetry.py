@@ -207,7 +207,7 @@ class Sampler:
         self.errors: list[str] = []
         self._stack: list[str] = []
         self._stop = threading.Event()
-        self._lock = threading.Lock()
+        self._lock, self._read_lock = threading.Lock(), threading.Lock()
         self._thread: threading.Thread | None = None
         self._t0 = self._t_end = 0.0
         self._thread_cpu_s = 0.0
@@ -219,7 +219,8 @@ class Sampler:
 
     def _sample(self) -> None:
         try:
-            rows = self.backend.read()
+            with self._read_lock:  # the sampler thread and a phase's closing reading share one backend
+                rows = self.backend.read()
         except Exception as exc:  # never let telemetry break the work it watches
             if len(self.errors) < 20:
                 self.errors.append(f"{type(exc).__name__}: {exc}")
@@ -274,12 +275,15 @@ class Sampler:
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
-        """Mark a phase of the work: samples taken inside carry its name; its energy is read at both ends."""
+        """Mark a phase of the work: samples taken inside carry its name (at least the one taken as it ends);
+        its energy is read at both ends."""
         start, e0 = time.perf_counter() - self._t0, self._energy()
         self._stack.append(name)
         try:
             yield
         finally:
+            if self._thread is not None and not self._stop.is_set():
+                self._sample()  # a closing reading: a phase shorter than the interval still has one sample
             self._stack.pop()
             e1 = self._energy()
             joules = [(e1[i] - e0[i]) / 1e3 for i in e1 if e1.get(i) is not None and e0.get(i) is not None]

@@ -142,6 +142,18 @@ def test_sampler_energy_delta_phases_and_summary(use_fake):
     assert ov["samples"] >= 8 and 0 <= ov["cpu_pct_of_one_core"] < 100
 
 
+def test_a_phase_shorter_than_the_interval_still_has_a_sample(use_fake):
+    use_fake(fake_pynvml(n_gpus=1))
+    with telemetry.Sampler(interval_s=10.0) as tel:  # the background thread reads once, at the start
+        time.sleep(0.02)
+        with tel.phase("prefill"):
+            pass
+        with tel.phase("decode"):
+            time.sleep(0.01)
+    assert {"prefill", "decode"} <= set(tel.frame["phase"])
+    assert list(tel.frame["phase"]).count("prefill") == 1
+
+
 def test_energy_delta_is_exact(use_fake):
     mod = use_fake(fake_pynvml(n_gpus=1, energy_step_mj=0))
     tel = telemetry.Sampler(interval_s=0.05).start()
