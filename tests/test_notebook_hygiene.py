@@ -54,6 +54,11 @@ def test_parameters_cell_is_first_and_literal(path):
         names.add(target.id)
     assert "mode" in names, f"{path.name}: the parameters cell must declare mode"
     check_parameters(path, {"mode": "smoke"})
+    from papermill.translators import PythonTranslator  # what `papermill --help-notebook` lists
+
+    inferred = {p.name for p in PythonTranslator.inspect(first)}
+    assert inferred == names, (f"{path.name}: papermill cannot read parameter(s) {sorted(names - inferred)} "
+                               "(an '=' in the comment confuses its parser)")
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
