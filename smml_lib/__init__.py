@@ -1,15 +1,40 @@
 """smml_lib: the library behind the SMML Lab notebooks.
 
-The notebooks tell the story; this package does the work. Modules are small and flat:
+The notebooks tell the story; this package does the work. Modules are small and flat, grouped here by
+the part of the course that introduces them (each module's docstring teaches its topic):
 
-- ``lab``        start a lab (mode, device), record key figures, the final check cell
-- ``hardware``   device detection, datasheet spec table, measured ceilings
-- ``timing``     the one timing harness every module uses (CUDA events / perf_counter)
-- ``models``     ``load_llama`` from a hub id, a local directory or the offline ``"tiny"`` Llama
-- ``anatomy``    parameter counts, memory and FLOP estimates from a Llama config
-- ``inference``  prefill / decode timing: TTFT, TPOT, tokens/s
-- ``doctor``     the pre-workshop environment table (``smml doctor``)
-- ``labs``       the headless runner behind ``smml labs`` and its HTML report
+Foundation (Module 00)
+- ``lab``, ``labs``, ``report``   start a lab and end it with a check; the headless runner (``smml labs``)
+  and its HTML report
+- ``hardware``, ``env``, ``nvml``, ``doctor``   device detection, datasheet peaks and measured ceilings,
+  the environment recorded with every result, ``smml doctor``
+- ``models``, ``tiny``, ``weights``, ``anatomy``   ``load_llama`` (hub id, folder, the offline ``"tiny"``
+  Llama), what is inside a checkpoint, and predictions from a config
+- ``inference``, ``compiling``   TTFT / TPOT / tokens/s; eager vs ``torch.compile``
+- ``display``, ``plots``, ``results``, ``exercises``, ``paths``, ``credentials``, ``kernel``, ``cli``
+
+Leveraging hardware (Module 01)
+- ``timing``   the one timing harness (CUDA events / perf_counter)
+- ``gemm``, ``roofline``, ``ladder``, ``telemetry``   GEMM sweeps and MAMF, the roofline, the decode
+  optimization ladder, NVML telemetry with a CPU fallback
+
+Multi-accelerator distribution (Module 02)
+- ``launcher``, ``dist``   run ``torchrun -m smml_lib.worker_*`` and collect one DataFrame; what every
+  worker needs
+- ``worker_train``, ``worker_collectives``, ``worker_tp``, ``worker_hello``   the distributed workers
+- ``checkpoint``, ``data``, ``memtrack``, ``planner``, ``bigmodel``, ``scaling``, ``distlab``
+
+Multi-node orchestration (Module 03)
+- ``cluster``, ``cluster_host``, ``slurm``, ``slurm_script``, ``multinode``, ``storage``   a real 2-node
+  Slurm cluster on one machine, sbatch jobs, S3 checkpoints
+- ``serving``, ``serving_process``, ``schedulers``, ``kvbatch``, ``serving_limits``, ``loadgen``   an
+  OpenAI-compatible server with static and continuous batching, and its load generator
+
+Cost optimization (Module 04)
+- ``cost``, ``costcalc``, ``spot``   prices (live or snapshot), the cost calculators, the spot drill
+
+Course documents
+- ``diagrams``, ``diagram_figures``   the diagrams in ``assets/``, drawn from source
 
 Importing the package is cheap: heavy libraries (torch, transformers) load with the submodule
 that needs them.
