@@ -51,8 +51,8 @@ def test_hung_rank_is_killed_at_timeout(tmp_path):
     t0 = time.monotonic()
     with pytest.raises(launcher.LaunchTimeout, match="killed"):
         launcher.launch("worker_collectives", ["--inject-fault", "hang", "--fault-rank", "0"], nproc=2,
-                        timeout_s=15, run_dir=tmp_path, echo=False)
-    assert time.monotonic() - t0 < 15 + launcher.GRACE_S + 10
+                        timeout_s=6, run_dir=tmp_path, echo=False)  # killed whether it hangs or is still starting
+    assert time.monotonic() - t0 < 6 + launcher.GRACE_S + 10
     assert _no_children_left() == []
     # nothing tagged with a launch id survives anywhere on the machine either
     leftovers = []
