@@ -43,7 +43,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from smml_lib.cluster_host import (  # noqa: F401 - SUBNET, preflight... are part of this module's API
-    BRIDGE, INSTALL_HINT, NODE_IFNAME, PACKAGES, SUBNET, ClusterError, alive, link_names, netns_names, record_daemon,
+    BRIDGE, INSTALL_HINT, NODE_IFNAME, PACKAGES, SUBNET, ClusterError, alive, daemons_from_pid_files, link_names,
+    netns_names, record_daemon,
     remove_network, stop_pids, create_network, which, host_veth, netns_name, node_addr, node_names,
     preflight, processes_in_namespaces, run_cmd, state_dir, write_slurm_conf)
 
@@ -378,6 +379,7 @@ def _down_locked(timeout_s: float = 30.0, quiet: bool = False) -> DownReport:
     state = _read_state() or {}
     nodes = state.get("nodes") or node_names(2)
     daemons = state.get("daemons", [])
+    daemons = daemons + daemons_from_pid_files(state_dir() / "run", daemons)  # a start that failed half-way
     env = {"SLURM_CONF": state["conf"]} if state.get("conf") else {}
     stopped: list[str] = []
     ctld = [d for d in daemons if d["name"] == "slurmctld" and alive(d)]

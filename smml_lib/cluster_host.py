@@ -105,7 +105,7 @@ def alive(rec: dict[str, Any]) -> bool:
 def record_daemon(name: str, pid_file: Path, timeout_s: float = 10.0) -> dict[str, Any]:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        with contextlib.suppress(OSError, ValueError):
+        with contextlib.suppress(OSError, ValueError, IndexError):  # IndexError: the daemon is still writing it
             pid = int(pid_file.read_text().split()[0])
             start = _start_time(pid)
             if start is not None:
@@ -113,6 +113,24 @@ def record_daemon(name: str, pid_file: Path, timeout_s: float = 10.0) -> dict[st
         time.sleep(0.05)
     raise ClusterError(f"{name} did not start (no live PID in {pid_file} after {timeout_s:.0f} s); see the logs in "
                        f"{state_dir() / 'log'}")
+
+
+def daemons_from_pid_files(run_dir: Path, known: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Live munged/slurmctld/slurmd processes named by pid files in ``run_dir`` but missing from ``known``.
+
+    A start that failed half-way (a daemon running, its record not yet written) must still be stopped.
+    """
+    found = []
+    for pid_file in sorted(run_dir.glob("*.pid")):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            pid = int(pid_file.read_text().split()[0])
+            comm = Path(f"/proc/{pid}/comm").read_text().strip()
+            start = _start_time(pid)
+            if comm in ("munged", "slurmctld", "slurmd") and start is not None and not any(
+                    d["pid"] == pid and d["start"] == start for d in known):
+                found.append({"name": comm if comm != "slurmd" else f"slurmd ({pid_file.stem})", "pid": pid,
+                              "start": start})
+    return found
 
 
 def _netns_inode(node: str) -> int | None:

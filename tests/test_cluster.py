@@ -134,3 +134,39 @@ def test_cli_status_and_limit(local_cluster, capsys):
     assert cluster.cli(["status"]) == 0
     assert '"up": true' in capsys.readouterr().out
     assert cluster.cli(["limit", "50"]) == 0 and cluster.cli(["limit", "off"]) == 0
+
+
+def test_a_daemon_still_writing_its_pid_file_is_waited_for(tmp_path):
+    """slurmctld creates its pid file before writing the number: an empty file means 'not yet', not a crash."""
+    import threading
+
+    from smml_lib.cluster_host import record_daemon
+
+    pid_file = tmp_path / "d.pid"
+    pid_file.write_text("")
+    threading.Timer(0.3, lambda: pid_file.write_text(f"{os.getpid()}\n")).start()
+    rec = record_daemon("d", pid_file, timeout_s=5)
+    assert rec["pid"] == os.getpid() and rec["start"]
+
+
+def test_down_finds_a_daemon_whose_start_was_not_recorded(tmp_path):
+    """A start that failed half-way leaves a running daemon known only by its pid file: down must stop it."""
+    import shutil as sh
+
+    from smml_lib.cluster_host import daemons_from_pid_files
+
+    fake = tmp_path / "slurmctld"  # a process whose name is "slurmctld"
+    sh.copy(sh.which("sleep"), fake)
+    proc = subprocess.Popen([str(fake), "30"])
+    try:
+        deadline = time.monotonic() + 5
+        while open(f"/proc/{proc.pid}/comm").read().strip() != "slurmctld" and time.monotonic() < deadline:
+            time.sleep(0.01)  # the child may still be finishing its exec
+        (tmp_path / "slurmctld.pid").write_text(f"{proc.pid}\n")
+        (tmp_path / "other.pid").write_text(f"{os.getpid()}\n")  # not a Slurm daemon: ignored
+        found = daemons_from_pid_files(tmp_path, known=[])
+        assert [(d["name"], d["pid"]) for d in found] == [("slurmctld", proc.pid)]
+        assert daemons_from_pid_files(tmp_path, known=found) == []
+    finally:
+        proc.kill()
+        proc.wait()

@@ -103,7 +103,9 @@ def test_a_level_stops_at_its_time_limit():
     t0 = time.perf_counter()
     results = _run(httpx.MockTransport(slow), num_requests=100_000, time_limit_s=0.3, concurrency=4)
     assert time.perf_counter() - t0 < 3.0
-    assert 4 <= len(results) < 200
+    # ~4 users x 0.3 s / 0.05 s = 24 requests when idle; on a loaded CI machine a user can reach the limit
+    # before its first request starts, so only "some, and far fewer than asked" is certain
+    assert 1 <= len(results) < 200
 
 
 def test_unreachable_server_gives_errors_not_a_hang():
