@@ -205,6 +205,7 @@ class StopRequest:
         self._event = threading.Event()
         self.reason = ""
         self._sigint_count = 0
+        self._reported = False
         self._thread: threading.Thread | None = None
         self.poll_errors = 0
 
@@ -214,11 +215,11 @@ class StopRequest:
         return self._event.is_set()
 
     def request(self, reason: str) -> None:
+        # Called from a signal handler: only set the flag. No printing here: a handler runs between two
+        # bytecodes of the main thread, possibly while it holds stdout's lock; check() reports the request.
         if not self._event.is_set():
             self.reason = reason
             self._event.set()
-            print(f"[rank {os.environ.get('RANK', 0)}] stop requested ({reason}): finishing this step, "
-                  "then saving a checkpoint", flush=True)
 
     def install_signal_handlers(self) -> "StopRequest":
         """SIGTERM / SIGUSR1 / first SIGINT set the flag; a second SIGINT aborts. Main thread only."""
@@ -277,7 +278,12 @@ class StopRequest:
 
     def check(self, env: DistEnv) -> bool:
         """Collective: True on every rank if any rank was asked to stop. Call once per step on all ranks."""
-        agreed = any_rank(env, self.requested)
-        if agreed and not self.requested:
+        requested = self.requested
+        if requested and not self._reported:
+            self._reported = True
+            print(f"[rank {os.environ.get('RANK', 0)}] stop requested ({self.reason}): finishing this step, "
+                  "then saving a checkpoint", flush=True)
+        agreed = any_rank(env, requested)
+        if agreed and not requested:
             self.reason = "another rank was asked to stop"
         return agreed
