@@ -19,8 +19,11 @@ DISPLAY_NAME = "Python (smml)"
 
 
 def kernel_spec_dict() -> dict[str, Any]:
+    # log_level=ERROR: ipykernel warns on every start that its loopback (127.0.0.1) TCP sockets are not
+    # encrypted, once per lab in the main job's output; errors from the kernel process still show.
     return {
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}",
+                 "--IPKernelApp.log_level=ERROR"],
         "display_name": DISPLAY_NAME,
         "language": "python",
         "metadata": {"debugger": True},
@@ -35,7 +38,7 @@ def ensure_kernel(quiet: bool = True) -> Path:
     ksm = KernelSpecManager()
     try:
         current = ksm.get_kernel_spec(KERNEL_NAME)
-        if current.argv and Path(current.argv[0]).resolve() == Path(sys.executable).resolve():
+        if current.argv == kernel_spec_dict()["argv"]:
             if not quiet:
                 print(f"kernel {KERNEL_NAME!r} ok: {current.resource_dir} -> {current.argv[0]}")
             return Path(current.resource_dir)
