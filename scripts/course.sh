@@ -10,7 +10,8 @@
 #
 # Set-up is idempotent and fast the second time: it re-installs only when pyproject.toml changed.
 # Environment knobs: SMML_VENV (where the virtual environment lives, default ./.venv),
-# SMML_TORCH_SPEC (pip requirement for torch, overrides the GPU/CPU choice below).
+# SMML_TORCH_SPEC (pip requirement for torch, overrides the GPU/CPU choice below),
+# SMML_TEST_WORKERS (pytest-xdist workers for "test", default 2).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -86,7 +87,9 @@ case "$cmd" in
   test)
     install_python_env; install_system_packages
     cd "$ROOT"
-    exec "$PY" -m pytest "$@" ;;
+    # Two workers: the notebook and launcher tests wait on subprocesses about half the time, so a second
+    # worker uses the idle core. The cluster tests (one local Slurm cluster per machine) share one worker (conftest).
+    exec "$PY" -m pytest -n "${SMML_TEST_WORKERS:-2}" "$@" ;;
   *)
     sed -n '2,15p' "$0"; exit 2 ;;
 esac

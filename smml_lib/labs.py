@@ -44,6 +44,11 @@ def discover_notebooks(include_solutions: bool = True, only: str | None = None) 
     return out
 
 
+def uses_local_cluster(notebook: Path) -> bool:
+    """Whether a lab starts the local Slurm cluster (one per machine: such labs must not run at the same time)."""
+    return "cluster.ensure(" in Path(notebook).read_text()
+
+
 def declared_parameters(notebook: Path) -> dict[str, Any]:
     """The parameters a notebook declares in its ``parameters`` cell (name -> papermill's description)."""
     import papermill as pm

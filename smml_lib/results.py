@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,9 @@ def save_result(name: str, data: Any, *, mode: str | None = None, env: dict[str,
     payload = {"name": name, "saved_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                "mode": mode, "env": env if env is not None else environment(), **meta, "records": _records(data)}
     path = output_dir("results") / f"{name}.json"
-    path.write_text(json.dumps(payload, indent=1, default=str))
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(payload, indent=1, default=str))
+    os.replace(tmp, path)  # atomic: a reader (another lab, the report) never sees a half-written file
     return path
 
 

@@ -1,6 +1,7 @@
 """Shared test set-up: CPU-only, offline, quiet, and nothing written into the checkout.
 
-Run everything with ``bash scripts/course.sh test`` (what CI runs), or ``.venv/bin/pytest`` after set-up.
+Run everything with ``bash scripts/course.sh test`` (what CI runs: two pytest-xdist workers), or
+``.venv/bin/pytest`` after set-up (one process; add ``-n 2`` for two).
 Set ``SMML_TEST_GPU=1`` on a GPU machine to let tests see the GPUs.
 """
 
@@ -52,3 +53,35 @@ def tiny_model(tiny_path):
     from smml_lib.models import load_llama
 
     return load_llama("tiny", device="cpu", dtype="fp32")
+
+
+def _cluster_test_ids() -> tuple[str, set[str]]:
+    from smml_lib.labs import discover_notebooks, uses_local_cluster
+
+    notebooks = {nb.relative_to(REPO).as_posix() for nb in discover_notebooks() if uses_local_cluster(nb)}
+    return "tests/test_cluster.py::", notebooks
+
+
+try:
+    import xdist  # noqa: F401  (the hook below is only known to pytest when pytest-xdist is installed)
+except ImportError:
+    pass
+else:
+    def pytest_xdist_make_scheduler(config, log):
+        """Two workers share the tests (the test command passes ``-n 2``), except that there is one local
+        Slurm cluster per machine: tests/test_cluster.py and the labs that start the cluster form one unit
+        that runs on one worker, in order. (xdist's own ``xdist_group`` grouping does not take effect with
+        pytest 9.2, whose node ids it can no longer rewrite; this scheduler works from the ids alone.)"""
+        from xdist.scheduler import LoadScopeScheduling
+
+        prefix, notebooks = _cluster_test_ids()
+
+        class ClusterUnitScheduling(LoadScopeScheduling):
+            def _split_scope(self, nodeid: str) -> str:
+                if nodeid.startswith(prefix) or (nodeid.startswith("tests/test_notebooks.py::")
+                                                 and nodeid.rsplit("[", 1)[-1].rstrip("]") in notebooks):
+                    return "local-slurm-cluster"
+                return nodeid
+
+        return ClusterUnitScheduling(config, log)
+

@@ -20,7 +20,7 @@ from smml_lib import cluster, slurm
 
 PROBLEMS = cluster.preflight()
 needs_cluster = pytest.mark.skipif(bool(PROBLEMS), reason="; ".join(PROBLEMS) or "ok")
-pytestmark = [pytest.mark.cluster]
+pytestmark = [pytest.mark.cluster]  # conftest: under pytest-xdist, all cluster tests run on one worker
 
 
 @pytest.fixture(scope="session")

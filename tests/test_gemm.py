@@ -84,7 +84,7 @@ def test_datasheet_peak_lookup():
 
 def test_mamf_search_respects_budget_alignment_and_confirms():
     res = gemm.max_achievable_matmul("cpu", "fp32", time_budget_s=1.5, lo=32, hi=160, align=32, progress=False)
-    assert res.elapsed_s < 4.0
+    assert res.elapsed_s < 6.0  # the 1.5 s budget, plus the last size and the confirmation runs
     assert res.best_tflops > 0 and res.pct_of_peak is None
     assert all(v % 32 == 0 and 32 <= v <= 160 for v in (res.best_shape.m, res.best_shape.n, res.best_shape.k))
     phases = set(res.trials["phase"])

@@ -22,7 +22,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from smml_lib.labs import SMOKE_PARAMETERS, discover_notebooks, execute_notebook
+from smml_lib.labs import SMOKE_PARAMETERS, discover_notebooks, execute_notebook, uses_local_cluster
 from smml_lib.paths import output_dir, repo_root
 
 NOTEBOOKS = discover_notebooks(include_solutions=True)
@@ -47,8 +47,14 @@ def with_every_cell_twice(notebook: Path, dest: Path) -> Path:
     return dest
 
 
+def _param(notebook: Path) -> object:
+    """One notebook as a test case; labs that start the local Slurm cluster are marked ``cluster``."""
+    marks = [pytest.mark.cluster] if uses_local_cluster(notebook) else []
+    return pytest.param(notebook, marks=marks, id=notebook.relative_to(repo_root()).as_posix())
+
+
 @pytest.mark.notebook
-@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.relative_to(repo_root()).as_posix())
+@pytest.mark.parametrize("notebook", [_param(nb) for nb in NOTEBOOKS])
 def test_notebook_runs_in_smoke_mode_twice_per_cell_from_any_cwd(notebook, kernel_name, tmp_path):
     foreign_cwd = tmp_path / "elsewhere"
     foreign_cwd.mkdir()
