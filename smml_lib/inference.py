@@ -23,6 +23,25 @@ import numpy as np
 
 DEFAULT_PROMPT = "A language model reads text as a sequence of tokens and"
 
+_CACHE_KWARG: dict[type, str] = {}
+
+
+def cache_kwarg(model: Any) -> str:
+    """The name of ``model.forward``'s KV-cache argument: ``cache`` in recent transformers 5 releases,
+    ``past_key_values`` in earlier ones (where newer releases still accept it, with a FutureWarning)."""
+    import inspect
+
+    kind = type(model)
+    if kind not in _CACHE_KWARG:
+        _CACHE_KWARG[kind] = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    return _CACHE_KWARG[kind]
+
+
+def output_cache(out: Any) -> Any:
+    """The KV cache a forward returned (``out.cache``, or ``out.past_key_values`` in earlier releases)."""
+    return out["cache"] if "cache" in out else getattr(out, "past_key_values", None)
+
+
 
 @dataclass
 class GenerationTiming:
@@ -119,13 +138,14 @@ def timed_generate(model: Any, tokenizer: Any, prompt: str = DEFAULT_PROMPT, *, 
         _sync(dev)
         ttft = time.perf_counter() - t0
         generated.append(nxt)
-        past = out.past_key_values if use_cache else None
+        past = output_cache(out) if use_cache else None
+        cache_kw = cache_kwarg(model)
         seq = ids
         for _ in range(max_new_tokens - 1):
             t = time.perf_counter()
             if use_cache:
-                out = model(input_ids=nxt, past_key_values=past, use_cache=True)
-                past = out.past_key_values
+                out = model(input_ids=nxt, use_cache=True, **{cache_kw: past})
+                past = output_cache(out)
             else:
                 seq = torch.cat([seq, nxt], dim=1)
                 out = model(input_ids=seq, use_cache=False)
@@ -238,7 +258,7 @@ def measure_memory(model: Any, tokenizer: Any, *, batch_size: int = 1, context_l
         torch.cuda.reset_peak_memory_stats(dev)
     with torch.inference_mode():
         out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
-    cache = out.past_key_values
+    cache = output_cache(out)
     del out  # keep only the cache (logits of the last position are tiny anyway)
     kv = cache_bytes(cache)
     alloc_w = alloc_kv = peak = None

@@ -28,6 +28,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from smml_lib.inference import cache_kwarg, output_cache
+
 _ids = itertools.count()
 
 
@@ -117,7 +119,7 @@ class Batch:
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         out = model(input_ids=ids, attention_mask=mask if width * len(seqs) != int(mask.sum()) else None,
                     position_ids=positions, use_cache=True)
-        batch = cls(model, list(seqs), out.past_key_values, mask, mask.sum(-1), None, eos_ids)
+        batch = cls(model, list(seqs), output_cache(out), mask, mask.sum(-1), None, eos_ids)
         return batch, batch._choose(out.logits[:, -1, :])
 
     def step(self) -> list:
@@ -126,8 +128,8 @@ class Batch:
 
         self.mask = torch.cat([self.mask, self.mask.new_ones(len(self), 1)], dim=1)
         out = self.model(input_ids=self.last, attention_mask=self.mask, position_ids=self.next_pos[:, None],
-                         past_key_values=self.cache, use_cache=True)
-        self.cache = out.past_key_values
+                         use_cache=True, **{cache_kwarg(self.model): self.cache})
+        self.cache = output_cache(out)
         self.next_pos = self.next_pos + 1
         return self._choose(out.logits[:, -1, :])
 

@@ -30,7 +30,8 @@ from dataclasses import dataclass
 from typing import Any, Iterator
 
 from smml_lib import anatomy
-from smml_lib.inference import DEFAULT_PROMPT, GenerationTiming, _sync, model_device, prompt_ids, timed_generate
+from smml_lib.inference import (DEFAULT_PROMPT, GenerationTiming, _sync, cache_kwarg, model_device, prompt_ids,
+                                timed_generate)
 from smml_lib.roofline import prefill_flops
 
 
@@ -122,9 +123,10 @@ class StaticDecoder:
         self._mlps = ([(layer.mlp, torch.compile(layer.mlp.forward, **opts)) for layer in model.model.layers]
                       if compile == "mlp" else [])
         self.first_call_s: float | None = None  # the compile cost, once measured
+        self._cache_kw = cache_kwarg(model)
 
     def _step(self, ids: Any, cache: Any) -> Any:
-        out = self.model(input_ids=ids, past_key_values=cache, use_cache=True)
+        out = self.model(input_ids=ids, use_cache=True, **{self._cache_kw: cache})
         return out.logits[:, -1, :].argmax(dim=-1, keepdim=True)
 
     @contextmanager
@@ -175,7 +177,7 @@ class StaticDecoder:
             _sync(self.device)
             t0 = time.perf_counter()
             with self._eager_mlps():  # logits of the last position only: B x T x vocab would not fit at large B
-                out = self.model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+                out = self.model(input_ids=ids, use_cache=True, logits_to_keep=1, **{self._cache_kw: cache})
             nxt = out.logits[:, -1, :].argmax(dim=-1, keepdim=True)
             _sync(self.device)
             ttft = time.perf_counter() - t0
