@@ -22,6 +22,12 @@ os.environ.setdefault("SMML_CI", "1")
 os.environ["AWS_EC2_METADATA_DISABLED"] = "true"  # never probe 169.254.169.254 from a test
 if not os.environ.get("SMML_TEST_GPU"):
     os.environ["CUDA_VISIBLE_DEVICES"] = ""
+if os.environ.get("PYTEST_XDIST_WORKER") and not os.environ.get("SMML_TEST_KEEP_THREADS"):
+    # Several workers share the cores: each (and every kernel and server it starts) gets its share of OpenMP
+    # threads. Oversubscribed, torch's spinning thread pools stall each other: a 16-token prefill measured
+    # 7 ms alone took 136 ms, enough to flip a lab's "prefill grows with the prompt" check.
+    _workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // _workers))
 # Figures and results of notebooks and tests go to a throwaway folder, never into the checkout.
 os.environ.setdefault("SMML_OUTPUT_DIR", tempfile.mkdtemp(prefix="smml-test-outputs-"))
 
