@@ -29,7 +29,10 @@ if os.environ.get("PYTEST_XDIST_WORKER") and not os.environ.get("SMML_TEST_KEEP_
     _workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // _workers))
 # Figures and results of notebooks and tests go to a throwaway folder, never into the checkout.
-os.environ.setdefault("SMML_OUTPUT_DIR", tempfile.mkdtemp(prefix="smml-test-outputs-"))
+if "SMML_OUTPUT_DIR" not in os.environ:
+    os.environ["SMML_OUTPUT_DIR"] = _CREATED_OUTPUT_DIR = tempfile.mkdtemp(prefix="smml-test-outputs-")
+else:
+    _CREATED_OUTPUT_DIR = ""
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -90,4 +93,13 @@ else:
                 return nodeid
 
         return ClusterUnitScheduling(config, log)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Remove the throwaway output folder after a green run (the main process: xdist workers share it).
+    After a failure it stays: it holds the executed copies of failed notebooks, named in the failure."""
+    if _CREATED_OUTPUT_DIR and exitstatus == 0 and not os.environ.get("PYTEST_XDIST_WORKER"):
+        import shutil
+
+        shutil.rmtree(_CREATED_OUTPUT_DIR, ignore_errors=True)
 
