@@ -42,7 +42,6 @@ def output_cache(out: Any) -> Any:
     return out["cache"] if "cache" in out else getattr(out, "past_key_values", None)
 
 
-
 @dataclass
 class GenerationTiming:
     """One timed generation. Times in seconds; ``decode_step_s`` has one entry per token after the first."""

@@ -102,4 +102,3 @@ def pytest_sessionfinish(session, exitstatus):
         import shutil
 
         shutil.rmtree(_CREATED_OUTPUT_DIR, ignore_errors=True)
-
