@@ -21,13 +21,13 @@ DTYPE_BYTES = {"fp32": 4, "float32": 4, "tf32": 4, "bf16": 2, "bfloat16": 2, "fp
 LLAMA_PRESETS: dict[str, dict[str, Any]] = {
     "Llama-3.2-1B": dict(vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
                          num_attention_heads=32, num_key_value_heads=8, head_dim=64, tie_word_embeddings=True,
-                         max_position_embeddings=131072),
+                         max_position_embeddings=131072, rope_theta=500000.0, rms_norm_eps=1e-5),
     "Llama-3.1-8B": dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
                          num_attention_heads=32, num_key_value_heads=8, head_dim=128, tie_word_embeddings=False,
-                         max_position_embeddings=131072),
+                         max_position_embeddings=131072, rope_theta=500000.0, rms_norm_eps=1e-5),
     "Llama-2-13b": dict(vocab_size=32000, hidden_size=5120, intermediate_size=13824, num_hidden_layers=40,
                         num_attention_heads=40, num_key_value_heads=40, head_dim=128, tie_word_embeddings=False,
-                        max_position_embeddings=4096),
+                        max_position_embeddings=4096, rope_theta=10000.0, rms_norm_eps=1e-5),
 }
 
 

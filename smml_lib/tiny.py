@@ -104,6 +104,52 @@ def build_tiny_llama(dest: Path, seed: int = 0) -> Path:
     return dest
 
 
+def build_twin(preset: str, dest: Path, *, device: str = "cpu", dtype: str = "bf16", seed: int = 0,
+               overrides: dict | None = None) -> Path:
+    """A published Llama's *architecture* with random weights, saved as a checkpoint folder in ``dest``.
+
+    For timing where the real weights cannot be downloaded (a borrowed GPU machine with no network):
+    speed and memory depend on the shapes and the dtype, not on the weights' values, so a twin of
+    Llama-3.2-1B moves the same bytes and does the same FLOPs per token as the real one. Its text is
+    noise, and the tokenizer is the tiny one (every id fits the big vocabulary). A file
+    ``SMML_TWIN.md`` says so, and results measured on it should say so too.
+
+    Args:
+        preset: a name ``anatomy.preset_config`` knows, e.g. ``"Llama-3.2-1B"``.
+        device: where to initialise the weights (``"cuda"`` is much faster for billions of them).
+        dtype: the dtype the weights are saved in (``"bf16"`` as the published checkpoints).
+        overrides: config entries to change (tests use a few layers of the real width).
+    """
+    import torch
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from smml_lib.anatomy import preset_config
+    from smml_lib.models import resolve_dtype
+
+    shape = {k: v for k, v in preset_config(preset).items() if not k.startswith("_") and k != "model_type"}
+    shape |= dict(overrides or {})
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    raw = train_tokenizer(_corpus())
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=raw, bos_token=BOS, eos_token=EOS, pad_token=EOS,
+                                        model_max_length=shape["max_position_embeddings"])
+    tokenizer.save_pretrained(dest)
+    ids = {f"{k}_token_id": raw.token_to_id(t) for k, t in (("bos", BOS), ("eos", EOS), ("pad", EOS))}
+    config = LlamaConfig(hidden_act="silu", **ids, **shape)
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = LlamaForCausalLM(config).to(resolve_dtype(dtype, device))
+    model.generation_config = GenerationConfig(**ids, do_sample=False)
+    model.save_pretrained(dest)
+    params = sum(p.numel() for p in model.parameters())
+    (dest / "SMML_TWIN.md").write_text(
+        f"Architecture twin of {preset} built by smml_lib.tiny.build_twin: the published shape "
+        f"({params:,} parameters, {dtype}) with RANDOM weights (seed {seed}) and the tiny tokenizer.\n"
+        "Timings and memory are representative of the real model; generated text is noise.\n"
+        + (f"Changed from the published config: {overrides}\n" if overrides else ""))
+    return dest
+
+
 def tiny_llama_path(rebuild: bool = False) -> Path:
     """Return the cached tiny Llama folder, building it first if needed (about a second)."""
     root = cache_dir("models")
@@ -133,6 +179,21 @@ def cli(argv: list[str]) -> int:
 
     p = argparse.ArgumentParser(prog="smml tiny", description="Build (or locate) the offline tiny Llama.")
     p.add_argument("--rebuild", action="store_true", help="build again even if cached")
+    p.add_argument("--twin", metavar="PRESET",
+                   help="instead: build an architecture twin of a published Llama (random weights), e.g. Llama-3.2-1B")
+    p.add_argument("--dest", type=Path, help="folder for --twin")
+    p.add_argument("--device", default="cpu", help="where --twin initialises its weights (cpu or cuda)")
     args = p.parse_args(argv)
+    if args.twin:
+        if not args.dest:
+            p.error("--twin needs --dest FOLDER")
+        print(build_twin(args.twin, args.dest, device=args.device))
+        return 0
     print(tiny_llama_path(rebuild=args.rebuild))
     return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    raise SystemExit(cli(sys.argv[1:]))
