@@ -4,8 +4,8 @@ The notebooks tell the story; this package does the work. Modules are small and 
 the part of the course that introduces them (each module's docstring teaches its topic):
 
 Foundation (Module 00)
-- ``lab``, ``labs``, ``report``   start a lab and end it with a check; the headless runner (``smml labs``)
-  and its HTML report
+- ``lab``, ``labs``, ``report``, ``plainrun``   start a lab and end it with a check; the headless runner
+  (``smml labs``) and its HTML report; a lab as plain Python on machines without Jupyter
 - ``hardware``, ``env``, ``nvml``, ``doctor``   device detection, datasheet peaks and measured ceilings,
   the environment recorded with every result, ``smml doctor``
 - ``models``, ``tiny``, ``weights``, ``anatomy``   ``load_llama`` (hub id, folder, the offline ``"tiny"``

@@ -5,6 +5,7 @@
     smml kernel            register the Jupyter kernel "smml" for this environment
     smml tiny              build (or locate) the offline tiny Llama
     smml bench NAME        a benchmark that prints the figure an issue asks for
+    smml plainrun NB       a lab notebook as plain Python (machines without Jupyter)
 
 A module joins the CLI by defining ``cli(argv: list[str]) -> int`` and one entry in ``COMMANDS``.
 Modules are imported only when their command runs, so ``smml --help`` is instant.
@@ -22,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "kernel": ("smml_lib.kernel", "register the Jupyter kernel 'smml' for this environment"),
     "tiny": ("smml_lib.tiny", "build or locate the offline tiny Llama checkpoint"),
     "bench": ("smml_lib.benchmarks", "run a benchmark that prints a target figure (smml bench --list)"),
+    "plainrun": ("smml_lib.plainrun", "run lab notebooks as plain Python, no Jupyter (e.g. on a bare GPU machine)"),
     "launch": ("smml_lib.launcher", "run a worker module under torchrun and collect per-rank results"),
     "cluster": ("smml_lib.cluster", "a real two-node Slurm cluster on this machine: up | status | down"),
     "serve": ("smml_lib.serving", "an OpenAI-compatible completion server over a Llama (tiny or real)"),
