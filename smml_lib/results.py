@@ -104,4 +104,9 @@ def beside_reference(name: str, own: Any, *, on: list[str], columns: list[str]) 
     note = (f"Reference {name!r}: measured on {env.get('device_name', 'an unnamed device')} "
             f"({ref.meta.get('mode') or 'unknown'} mode, {ref.meta.get('saved_utc', 'undated')}, "
             f"torch {env.get('torch', '?')}, driver {env.get('driver', '?')}).")
+    if "model" in ref.frame.columns and len(ref.frame):
+        model = Path(str(ref.frame["model"].iloc[0])).name  # a local folder's name, not the machine's path
+        twin = " (its architecture with random weights: same speed and memory, no meaningful text)" \
+            if "twin" in model.lower() else ""
+        note += f" Model: {model}{twin}."
     return table, note

@@ -118,3 +118,19 @@ def test_beside_reference_with_and_without_a_reference(tmp_path, monkeypatch):
     assert "NVIDIA L4" in note and "real mode" in note
     assert list(table["batch_size"]) == [1, 8, 64]
     assert table.loc[0, "decode_tokens_per_s_reference"] == 60.0 and table.loc[1, "decode_tokens_per_s_yours"] == 380.0
+
+
+def test_beside_reference_names_the_model_and_flags_a_twin(tmp_path, monkeypatch):
+    import json
+
+    from smml_lib import results
+
+    monkeypatch.setattr(results, "reference_dir", lambda: tmp_path)
+    (tmp_path / "m01_y.json").write_text(json.dumps({
+        "name": "m01_y", "saved_utc": "2026-01-01T00:00:00+00:00", "mode": "real", "env": {"device_name": "NVIDIA H200"},
+        "records": [{"rung": "naive", "model": "/tmp/smml-reference/Llama-3.2-1B-twin-random-weights",
+                     "decode_tokens_per_s": 40.0}]}))
+    own = pd.DataFrame({"rung": ["naive"], "decode_tokens_per_s": [30.0]})
+    _, note = results.beside_reference("m01_y", own, on=["rung"], columns=["decode_tokens_per_s"])
+    assert "Model: Llama-3.2-1B-twin-random-weights (its architecture with random weights" in note
+    assert "/tmp/smml-reference" not in note  # the recording machine's path is noise to a learner
