@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from smml_lib import costcalc as cc
+from smml_lib import spotcalc as sc
 
 
 def test_cost_per_million_tokens_hand_case():
@@ -48,33 +49,33 @@ def test_expected_wall_time_hand_case():
     # W=10 h of work, checkpoint every tau=1 h costing delta=0.1 h, restart R=0.2 h, MTBF M=20 h:
     # one segment: M e^(R/M) (e^((tau+delta)/M) - 1) = 20 x e^0.01 x (e^0.055 - 1)
     #            = 20 x 1.0100502 x 0.0565406 = 1.1421771 h; 10 segments -> 11.421771 h
-    assert cc.expected_wall_time_h(10, 1, 0.1, 0.2, 20) == pytest.approx(11.421771, rel=1e-6)
+    assert sc.expected_wall_time_h(10, 1, 0.1, 0.2, 20) == pytest.approx(11.421771, rel=1e-6)
     # no interruptions (M huge): only the checkpoints cost time, 10 x (1 + 0.1) = 11 h
-    assert cc.expected_wall_time_h(10, 1, 0.1, 0.2, 1e12) == pytest.approx(11.0, rel=1e-6)
+    assert sc.expected_wall_time_h(10, 1, 0.1, 0.2, 1e12) == pytest.approx(11.0, rel=1e-6)
 
 
 def test_young_and_daly_intervals_hand_case():
     # Young: sqrt(2 x 0.1 h x 20 h) = sqrt(4) = 2 h
-    assert cc.young_interval_h(0.1, 20) == pytest.approx(2.0)
+    assert sc.young_interval_h(0.1, 20) == pytest.approx(2.0)
     # Daly: x = delta / 2M = 0.0025, sqrt(x) = 0.05: 2 x (1 + 0.05/3 + 0.0025/9) - 0.1 = 1.9338889 h
-    assert cc.daly_interval_h(0.1, 20) == pytest.approx(1.9338889, rel=1e-6)
+    assert sc.daly_interval_h(0.1, 20) == pytest.approx(1.9338889, rel=1e-6)
     # the exact optimum of the expected-time model agrees with Daly to 4 decimals, and R does not move it
-    assert cc.optimal_interval_h(0.1, 0.2, 20) == pytest.approx(1.93389, rel=1e-4)
-    assert cc.optimal_interval_h(0.1, 2.0, 20) == pytest.approx(1.93389, rel=1e-4)
-    sweep = cc.checkpoint_interval_sweep([0.25, 1.9339, 8], work_h=10, checkpoint_cost_h=0.1, restart_h=0.2, mtbf_h=20)
+    assert sc.optimal_interval_h(0.1, 0.2, 20) == pytest.approx(1.93389, rel=1e-4)
+    assert sc.optimal_interval_h(0.1, 2.0, 20) == pytest.approx(1.93389, rel=1e-4)
+    sweep = sc.checkpoint_interval_sweep([0.25, 1.9339, 8], work_h=10, checkpoint_cost_h=0.1, restart_h=0.2, mtbf_h=20)
     assert sweep["expected_wall_h"].idxmin() == 1  # the U-shape: too frequent and too rare both cost more
 
 
 def test_mtbf_from_monthly_interruption_share_hand_case():
     # 10 % per month: lambda = -ln(0.9) / 730 h = 0.1053605 / 730 = 1.443295e-4 per hour -> M = 6928.59 h
-    assert cc.mtbf_h_from_monthly_rate(0.10) == pytest.approx(6928.59, rel=1e-5)
-    assert cc.mtbf_h_from_monthly_rate(0.10, instances=2) == pytest.approx(3464.30, rel=1e-5)
+    assert sc.mtbf_h_from_monthly_rate(0.10) == pytest.approx(6928.59, rel=1e-5)
+    assert sc.mtbf_h_from_monthly_rate(0.10, instances=2) == pytest.approx(3464.30, rel=1e-5)
 
 
 def test_spot_run_hand_case():
     # same job as above on spot at 2.00 $/h vs on-demand 4.6016 $/h, both checkpointing every hour:
     # on-demand 11 h x 4.6016 = 50.6176 $; spot 11.421771 h x 2.00 = 22.843543 $; saves 27.774057 $ (54.87 %)
-    e = cc.spot_run(10, on_demand_usd_per_h=4.6016, spot_usd_per_h=2.0, mtbf_h=20, interval_h=1,
+    e = sc.spot_run(10, on_demand_usd_per_h=4.6016, spot_usd_per_h=2.0, mtbf_h=20, interval_h=1,
                     checkpoint_cost_h=0.1, restart_h=0.2)
     assert (e.on_demand_usd, e.spot_usd, e.savings_usd) == pytest.approx((50.6176, 22.843543, 27.774057), rel=1e-6)
     assert e.savings_fraction == pytest.approx(0.548704, rel=1e-5)
