@@ -18,6 +18,9 @@
 # no network. Nothing is installed. Each step has its own time limit and its own log; a failing step
 # does not stop the others. Everything lands in $SMML_REF_DIR (default /tmp/smml-reference) and, after
 # every step, in $OUT/reference.tar.gz when $OUT is set (the device tool brings $OUT back).
+# With the device tool (at most 10 min per call, warm for 30 s in between), two calls, back to back:
+#   bash scripts/gpu_reference.sh env twin harness mamf telemetry lab01-2 lab01-1    (about 5 min)
+#   bash scripts/gpu_reference.sh twin lab01-3       (compiles: up to 9 min; twin is kept if still warm)
 # Then: tar xzf reference.tar.gz; cp results/m01_*.json assets/reference_results/; commit with the logs'
 # figures. In smoke mode (SMML_REF_MODE=smoke) the same steps run on a CPU with the tiny model: a dry run.
 set -uo pipefail
@@ -31,6 +34,20 @@ export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 SMML_OUT
        TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 TQDM_MININTERVAL=5
 MODEL=${SMML_REF_MODEL:-$REF/Llama-3.2-1B-twin-random-weights}
 [ "$MODE" = smoke ] && MODEL=tiny
+
+# The environment, and what triton needs at run time (a C compiler and Python.h: do_bench and torch.compile on
+# GPUs build a small launcher on first use).
+ENV_PY='
+import json, os, shutil, sysconfig
+from smml_lib.env import environment
+print(json.dumps(environment(), indent=1, default=str))
+try:
+    import triton; print("triton", triton.__version__)
+except ImportError:
+    print("triton: not installed")
+print("C compiler:", shutil.which("cc") or shutil.which("gcc") or shutil.which("clang") or "none",
+      "| Python.h:", os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))
+'
 
 snapshot() {  # what is there so far comes back even if a later step runs out of time
   [ -n "${OUT:-}" ] && tar czf "$OUT/reference.tar.gz" -C "$REF" --exclude='*.safetensors' . 2>/dev/null
@@ -55,17 +72,18 @@ lab() {  # lab NAME LIMIT_S NOTEBOOK [-p NAME=VALUE ...]: a Module 01 lab throug
 
 run_step() {
   case $1 in
-    env) step env 60 "$PY" -c "import json; from smml_lib.env import environment; print(json.dumps(environment(), indent=1, default=str))" ;;
+    env) step env 60 "$PY" -c "$ENV_PY" ;;
     twin)
       if [ "$MODE" = smoke ] || [ -n "${SMML_REF_MODEL:-}" ]; then echo "=== twin: not needed ($MODEL) ==="
       elif [ -f "$MODEL/model.safetensors" ]; then echo "=== twin: already built in $MODEL ==="
       else step twin 120 "$PY" -m smml_lib.tiny --twin Llama-3.2-1B --dest "$MODEL" --device cuda; fi ;;
-    harness) step harness 120 "$PY" -m smml_lib.benchmarks.harness_agreement ;;
+    harness) step harness 120 "$PY" -m smml_lib.benchmarks.harness_agreement --rounds 3 ;;
     mamf) step mamf 120 "$PY" -m smml_lib.benchmarks.mamf ;;
-    telemetry) step telemetry 90 "$PY" -m smml_lib.benchmarks.telemetry_overhead ;;
+    telemetry) step telemetry 90 "$PY" -m smml_lib.benchmarks.telemetry_overhead --seconds 5
+               step telemetry-no-pcie 90 "$PY" -m smml_lib.benchmarks.telemetry_overhead --seconds 5 --pcie-interval inf ;;
     lab01-1) lab lab01-1 240 01_llama_on_one_gpu.ipynb -p "model_id=$MODEL" ;;
     lab01-2) lab lab01-2 240 02_gemm_and_roofline.ipynb ;;
-    lab01-3) lab lab01-3 480 03_optimizing_llama.ipynb -p "model_id=$MODEL" ;;
+    lab01-3) lab lab01-3 540 03_optimizing_llama.ipynb -p "model_id=$MODEL" ;;
     bench-ladder) step bench-ladder 300 "$PY" -m smml_lib.benchmarks.decode_ladder --model "$MODEL" ;;
     *) echo "unknown step $1 (steps: env twin harness mamf telemetry lab01-2 lab01-1 lab01-3 bench-ladder)" >&2
        return 2 ;;

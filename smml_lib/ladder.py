@@ -203,9 +203,17 @@ class StaticDecoder:
 
 def _apply(model: Any, rung: Rung) -> Any:
     """Put the model in the rung's dtype and attention implementation (in place)."""
+    import torch
+
     from smml_lib.models import resolve_dtype
 
+    # RoPE frequencies stay fp32, as a checkpoint loaded in bf16 keeps them: model.to() would round them too,
+    # and the bf16 rungs would then differ from the naive one by more than the weights' rounding.
+    rope = {n: b.detach().clone() for n, b in model.named_buffers() if n.endswith("inv_freq") and b.dtype == torch.float32}
     model.to(resolve_dtype(rung.dtype))
+    for name, value in rope.items():
+        owner, _, attr = name.rpartition(".")
+        model.get_submodule(owner)._buffers[attr] = value
     model.set_attn_implementation(rung.attn)
     return model
 
@@ -277,7 +285,20 @@ def run_ladder(model_id: str, rungs: list[Rung], *, prompt_tokens: int, new_toke
     df["model"] = model.smml_source["model_id"]
     df["device_name"] = device_name(model_device(model))
     del model
+    _release_compiled()
     return df
+
+
+def _release_compiled() -> None:
+    """Free what compiled rungs keep alive (dynamo's cache, CUDA-graph memory pools) for the next lab step."""
+    import gc
+
+    import torch
+
+    torch._dynamo.reset()
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def batch_sweep(model: Any, tokenizer: Any, batch_sizes: list[int], *, prompt_tokens: int, new_tokens: int,

@@ -85,8 +85,8 @@ class NvmlBackend:
             return None
         try:
             return fn(*args)
-        except Exception as exc:  # NVMLError_NotSupported / FunctionNotFound: stop asking
-            if any(s in type(exc).__name__ for s in ("NotSupported", "FunctionNotFound")):
+        except Exception as exc:  # NVMLError_NotSupported / FunctionNotFound / NoPermission: stop asking
+            if any(s in type(exc).__name__ for s in ("NotSupported", "FunctionNotFound", "NoPermission")):
                 self._off.add(metric)
             return None
 
@@ -162,7 +162,8 @@ def _visible_indices() -> list[int]:
         return list(range(n))
     parts = [p.strip() for p in env.split(",") if p.strip()]
     if all(p.isdigit() for p in parts):
-        return [int(p) for p in parts if int(p) < n]
+        # In a container NVML may number only the GPUs it sees (0..n-1) while the variable holds host indices.
+        return [int(p) for p in parts if int(p) < n] or list(range(n))
     return list(range(n))  # UUIDs: cannot map cheaply, sample every GPU
 
 

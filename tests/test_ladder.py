@@ -134,3 +134,20 @@ def test_beside_reference_names_the_model_and_flags_a_twin(tmp_path, monkeypatch
     _, note = results.beside_reference("m01_y", own, on=["rung"], columns=["decode_tokens_per_s"])
     assert "Model: Llama-3.2-1B-twin-random-weights (its architecture with random weights" in note
     assert "/tmp/smml-reference" not in note  # the recording machine's path is noise to a learner
+
+
+def test_dtype_rungs_keep_rope_frequencies_in_fp32():
+    """model.to(bf16) would round RoPE's inv_freq too; a checkpoint loaded in bf16 keeps it fp32, so must the ladder."""
+    import torch
+
+    from smml_lib.models import load_llama
+
+    model, _ = load_llama("tiny", dtype="fp32")
+    before = model.model.rotary_emb.inv_freq.clone()
+    ladder._apply(model, Rung("b", "bf16", "sdpa", True))
+    assert next(model.parameters()).dtype == torch.bfloat16
+    for name, buf in model.named_buffers():
+        if name.endswith("inv_freq"):
+            assert buf.dtype == torch.float32 and torch.equal(buf, before), name
+    loaded_bf16, _ = load_llama("tiny", dtype="bf16")
+    assert torch.equal(loaded_bf16.model.rotary_emb.inv_freq, model.model.rotary_emb.inv_freq)

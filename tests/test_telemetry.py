@@ -23,8 +23,12 @@ class NVMLError_NotSupported(NVMLError):
     pass
 
 
+class NVMLError_NoPermission(NVMLError):
+    pass
+
+
 def fake_pynvml(n_gpus: int = 2, *, energy_step_mj: int = 5000, reasons: int = 0x4 | 0x1, init_error=None,
-                supports_pcie: bool = True) -> types.ModuleType:
+                supports_pcie: bool = True, pcie_error: type = NVMLError_NotSupported) -> types.ModuleType:
     """A pynvml stand-in: fixed readings, an energy counter that grows by ``energy_step_mj`` per read."""
     m = types.ModuleType("pynvml")
     m.NVML_TEMPERATURE_GPU, m.NVML_CLOCK_SM, m.NVML_CLOCK_MEM = 0, 1, 2
@@ -58,7 +62,7 @@ def fake_pynvml(n_gpus: int = 2, *, energy_step_mj: int = 5000, reasons: int = 0
     def pcie(h, kind):
         state["pcie_calls"] += 1
         if not supports_pcie:
-            raise NVMLError_NotSupported()
+            raise pcie_error()
         return {0: 2_000, 1: 500_000}[kind]  # KB/s
 
     m.nvmlDeviceGetPcieThroughput = pcie
@@ -106,10 +110,15 @@ def test_cuda_visible_devices_limits_the_gpus(use_fake, monkeypatch):
     use_fake(fake_pynvml(n_gpus=4))
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
     assert telemetry.make_backend().indices == [2, 3]
+    # In a container NVML may number only the GPUs it is given while the variable names host indices.
+    use_fake(fake_pynvml(n_gpus=1))
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
+    assert telemetry.make_backend().indices == [0]
 
 
-def test_unsupported_metric_is_dropped_not_fatal(use_fake):
-    mod = use_fake(fake_pynvml(n_gpus=1, supports_pcie=False))
+@pytest.mark.parametrize("error", [NVMLError_NotSupported, NVMLError_NoPermission])
+def test_unsupported_metric_is_dropped_not_fatal(use_fake, error):
+    mod = use_fake(fake_pynvml(n_gpus=1, supports_pcie=False, pcie_error=error))
     backend = telemetry.NvmlBackend([0], pcie_interval_s=0.0)
     for _ in range(3):
         row = backend.read()[0]
