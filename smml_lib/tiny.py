@@ -78,17 +78,25 @@ def train_tokenizer(corpus: str, vocab_size: int = TOKENIZER_VOCAB) -> "object":
     return tok
 
 
-def build_tiny_llama(dest: Path, seed: int = 0) -> Path:
-    """Build the tiny Llama checkpoint into ``dest`` (weights, config, tokenizer). Deterministic."""
-    import torch
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+def save_tokenizer(dest: Path, max_len: int) -> tuple["object", "object"]:
+    """Train the tiny tokenizer and save it into ``dest`` as a transformers tokenizer. Returns (raw, wrapped)."""
+    from transformers import PreTrainedTokenizerFast
 
-    dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     raw = train_tokenizer(_corpus())
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=raw, bos_token=BOS, eos_token=EOS, pad_token=EOS,
-                                        model_max_length=TINY_CONFIG["max_position_embeddings"])
+                                        model_max_length=max_len)
     tokenizer.save_pretrained(dest)
+    return raw, tokenizer
+
+
+def build_tiny_llama(dest: Path, seed: int = 0) -> Path:
+    """Build the tiny Llama checkpoint into ``dest`` (weights, config, tokenizer). Deterministic."""
+    import torch
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    dest = Path(dest)
+    raw, tokenizer = save_tokenizer(dest, TINY_CONFIG["max_position_embeddings"])
     vocab = -(-len(tokenizer) // 64) * 64  # round the embedding table up to a multiple of 64, as real models do
     config = LlamaConfig(vocab_size=vocab, bos_token_id=raw.token_to_id(BOS), eos_token_id=raw.token_to_id(EOS),
                          pad_token_id=raw.token_to_id(EOS), **TINY_CONFIG)
@@ -121,7 +129,7 @@ def build_twin(preset: str, dest: Path, *, device: str = "cpu", dtype: str = "bf
         overrides: config entries to change (tests use a few layers of the real width).
     """
     import torch
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
     from smml_lib.anatomy import preset_config
     from smml_lib.models import resolve_dtype
@@ -129,11 +137,7 @@ def build_twin(preset: str, dest: Path, *, device: str = "cpu", dtype: str = "bf
     shape = {k: v for k, v in preset_config(preset).items() if not k.startswith("_") and k != "model_type"}
     shape |= dict(overrides or {})
     dest = Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
-    raw = train_tokenizer(_corpus())
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=raw, bos_token=BOS, eos_token=EOS, pad_token=EOS,
-                                        model_max_length=shape["max_position_embeddings"])
-    tokenizer.save_pretrained(dest)
+    raw, _ = save_tokenizer(dest, shape["max_position_embeddings"])
     ids = {f"{k}_token_id": raw.token_to_id(t) for k, t in (("bos", BOS), ("eos", EOS), ("pad", EOS))}
     config = LlamaConfig(hidden_act="silu", **ids, **shape)
     torch.manual_seed(seed)
