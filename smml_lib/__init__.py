@@ -31,8 +31,8 @@ Multi-node orchestration (Module 03)
   OpenAI-compatible server with static and continuous batching, and its load generator
 
 Cost optimization (Module 04)
-- ``cost``, ``costcalc``, ``spotcalc``, ``spot``   prices (live or snapshot), the cost calculators, spot
-  economics (interruptions, checkpoint intervals), the spot drill
+- ``cost``, ``costcalc``, ``spotcalc``, ``spot``, ``imds``   prices (live or snapshot), the cost calculators, spot
+  economics (interruptions, checkpoint intervals), the spot drill and its stand-in metadata service
 
 Course documents
 - ``diagrams``, ``diagram_figures``   the diagrams in ``assets/``, drawn from source

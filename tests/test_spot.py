@@ -15,7 +15,7 @@ import urllib.request
 
 import pytest
 
-from smml_lib import spot
+from smml_lib import imds, spot
 
 
 def _get(url: str, headers: dict | None = None) -> tuple[int, str]:
@@ -27,7 +27,7 @@ def _get(url: str, headers: dict | None = None) -> tuple[int, str]:
 
 
 def _put_token(base: str, ttl: str) -> tuple[int, str]:
-    req = urllib.request.Request(base + spot.TOKEN_PATH, method="PUT",
+    req = urllib.request.Request(base + imds.TOKEN_PATH, method="PUT",
                                  headers={"X-aws-ec2-metadata-token-ttl-seconds": ttl})
     try:
         with urllib.request.urlopen(req, timeout=2) as r:
@@ -37,43 +37,43 @@ def _put_token(base: str, ttl: str) -> tuple[int, str]:
 
 
 def test_notice_server_answers_like_the_metadata_service():
-    with spot.NoticeServer() as imds:
-        assert imds.url.startswith("http://127.0.0.1:") and imds.url.endswith(spot.INSTANCE_ACTION_PATH)
-        assert _get(imds.url)[0] == 404 and spot.get_notice(imds.url) is None
-        assert _get(imds.base_url + "/latest/meta-data/other")[0] == 404
+    with imds.NoticeServer() as server:
+        assert server.url.startswith("http://127.0.0.1:") and server.url.endswith(imds.INSTANCE_ACTION_PATH)
+        assert _get(server.url)[0] == 404 and imds.get_notice(server.url) is None
+        assert _get(server.base_url + "/latest/meta-data/other")[0] == 404
         before = dt.datetime.now(dt.timezone.utc)
-        posted = imds.interrupt(notice_s=120)
-        status, body = _get(imds.url)
-        assert status == 200 and json.loads(body) == posted == spot.get_notice(imds.url)
+        posted = server.interrupt(notice_s=120)
+        status, body = _get(server.url)
+        assert status == 200 and json.loads(body) == posted == imds.get_notice(server.url)
         assert posted["action"] == "terminate"
         when = dt.datetime.strptime(posted["time"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.timezone.utc)
         assert 118 <= (when - before).total_seconds() <= 122  # "two minutes from now", to the second
-        assert imds.polls == 4 and imds.first_seen_at >= imds.posted_at
-        imds.clear()
-        assert spot.get_notice(imds.url) is None
+        assert server.polls == 4 and server.first_seen_at >= server.posted_at
+        server.clear()
+        assert imds.get_notice(server.url) is None
 
 
 def test_notice_server_imdsv2_tokens():
-    with spot.NoticeServer(require_token=True) as imds:
-        assert _get(imds.url)[0] == 401  # no token
-        assert _put_token(imds.base_url, "0")[0] == 400 and _put_token(imds.base_url, "x")[0] == 400
-        status, token = _put_token(imds.base_url, "21600")
+    with imds.NoticeServer(require_token=True) as server:
+        assert _get(server.url)[0] == 401  # no token
+        assert _put_token(server.base_url, "0")[0] == 400 and _put_token(server.base_url, "x")[0] == 400
+        status, token = _put_token(server.base_url, "21600")
         assert status == 200 and len(token) > 20
-        assert _get(imds.url, {"X-aws-ec2-metadata-token": token})[0] == 404
-        assert _get(imds.url, {"X-aws-ec2-metadata-token": "forged"})[0] == 401
-        imds.interrupt(5)
-        assert _get(imds.url, {"X-aws-ec2-metadata-token": token})[0] == 200
+        assert _get(server.url, {"X-aws-ec2-metadata-token": token})[0] == 404
+        assert _get(server.url, {"X-aws-ec2-metadata-token": "forged"})[0] == 401
+        server.interrupt(5)
+        assert _get(server.url, {"X-aws-ec2-metadata-token": token})[0] == 200
 
 
 def test_worker_notice_poller_sees_the_notice(monkeypatch):
     """Module 02's stop flag (the one the training worker uses) against our server, IMDSv2 included."""
     from smml_lib.checkpoint import StopRequest
 
-    with spot.NoticeServer(require_token=True) as imds:
-        stop = StopRequest().watch_notice_url(imds.url, poll_s=0.05, imdsv2=True)
+    with imds.NoticeServer(require_token=True) as server:
+        stop = StopRequest().watch_notice_url(server.url, poll_s=0.05, imdsv2=True)
         time.sleep(0.3)
-        assert not stop.requested and imds.polls >= 2
-        imds.interrupt(10)
+        assert not stop.requested and server.polls >= 2
+        server.interrupt(10)
         deadline = time.time() + 3
         while not stop.requested and time.time() < deadline:
             time.sleep(0.02)

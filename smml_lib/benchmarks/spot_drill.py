@@ -12,7 +12,7 @@ import argparse
 
 
 def main(argv: list[str]) -> int:
-    from smml_lib import spot
+    from smml_lib import imds, spot
 
     p = argparse.ArgumentParser(prog="smml bench spot_drill", description=__doc__.splitlines()[0])
     p.add_argument("--scenarios", default="notice,sigterm,kill")
@@ -22,7 +22,7 @@ def main(argv: list[str]) -> int:
     cfg = spot.DrillConfig(nproc=args.nproc, echo=False)
     if args.real:
         cfg = spot.DrillConfig(max_steps=40, checkpoint_every=10, interrupt_after_step=25,
-                               notice_window_s=spot.AWS_NOTICE_S, poll_s=spot.AWS_POLL_S, strategy="fsdp",
+                               notice_window_s=imds.AWS_NOTICE_S, poll_s=imds.AWS_POLL_S, strategy="fsdp",
                                nproc=args.nproc, echo=False,
                                worker_args=("--model", "preset:Llama-3.2-1B", "--layers", "4", "--seq-len", "512",
                                             "--global-batch", "8", "--precision", "bf16"))
