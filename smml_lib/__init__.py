@@ -15,8 +15,8 @@ Foundation (Module 00)
 
 Leveraging hardware (Module 01)
 - ``timing``   the one timing harness (CUDA events / perf_counter)
-- ``gemm``, ``roofline``, ``ladder``, ``telemetry``   GEMM sweeps and MAMF, the roofline, the decode
-  optimization ladder, NVML telemetry with a CPU fallback
+- ``gemm``, ``roofline``, ``ladder``, ``telemetry``, ``telemetry_backends``   GEMM sweeps and MAMF, the
+  roofline, the decode optimization ladder, NVML telemetry with a CPU fallback
 
 Multi-accelerator distribution (Module 02)
 - ``launcher``, ``dist``   run ``torchrun -m smml_lib.worker_*`` and collect one DataFrame; what every

@@ -8,7 +8,7 @@ import types
 
 import pytest
 
-from smml_lib import nvml, telemetry
+from smml_lib import nvml, telemetry, telemetry_backends
 
 
 class NVMLError(Exception):
@@ -84,17 +84,17 @@ def use_fake(monkeypatch):
 
 
 def test_throttle_reason_decoding():
-    assert telemetry.decode_throttle_reasons(0) == [] and telemetry.decode_throttle_reasons(None) == []
-    assert telemetry.decode_throttle_reasons(0x1) == ["gpu_idle"]
-    assert telemetry.decode_throttle_reasons(0x4 | 0x40) == ["sw_power_cap", "hw_thermal_slowdown"]
-    assert telemetry.decode_throttle_reasons(0x1000 | 0x8) == ["hw_slowdown", "0x1000"]
-    assert telemetry.is_throttled(0x4) and telemetry.is_throttled(0x80)
-    assert not telemetry.is_throttled(0x1) and not telemetry.is_throttled(0x2)  # idle / app clocks: not throttling
+    assert telemetry_backends.decode_throttle_reasons(0) == [] and telemetry_backends.decode_throttle_reasons(None) == []
+    assert telemetry_backends.decode_throttle_reasons(0x1) == ["gpu_idle"]
+    assert telemetry_backends.decode_throttle_reasons(0x4 | 0x40) == ["sw_power_cap", "hw_thermal_slowdown"]
+    assert telemetry_backends.decode_throttle_reasons(0x1000 | 0x8) == ["hw_slowdown", "0x1000"]
+    assert telemetry_backends.is_throttled(0x4) and telemetry_backends.is_throttled(0x80)
+    assert not telemetry_backends.is_throttled(0x1) and not telemetry_backends.is_throttled(0x2)  # idle / app clocks: not throttling
 
 
 def test_nvml_backend_values_and_units(use_fake):
     use_fake(fake_pynvml(n_gpus=2))
-    backend = telemetry.make_backend()
+    backend = telemetry_backends.make_backend()
     assert backend.name == "nvml" and backend.indices == [0, 1]
     rows = backend.read()
     assert [r["gpu"] for r in rows] == [0, 1]
@@ -109,17 +109,17 @@ def test_nvml_backend_values_and_units(use_fake):
 def test_cuda_visible_devices_limits_the_gpus(use_fake, monkeypatch):
     use_fake(fake_pynvml(n_gpus=4))
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
-    assert telemetry.make_backend().indices == [2, 3]
+    assert telemetry_backends.make_backend().indices == [2, 3]
     # In a container NVML may number only the GPUs it is given while the variable names host indices.
     use_fake(fake_pynvml(n_gpus=1))
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
-    assert telemetry.make_backend().indices == [0]
+    assert telemetry_backends.make_backend().indices == [0]
 
 
 @pytest.mark.parametrize("error", [NVMLError_NotSupported, NVMLError_NoPermission])
 def test_unsupported_metric_is_dropped_not_fatal(use_fake, error):
     mod = use_fake(fake_pynvml(n_gpus=1, supports_pcie=False, pcie_error=error))
-    backend = telemetry.NvmlBackend([0], pcie_interval_s=0.0)
+    backend = telemetry_backends.NvmlBackend([0], pcie_interval_s=0.0)
     for _ in range(3):
         row = backend.read()[0]
     assert row["pcie_rx_mbps"] is None and row["power_w"] == 71.5
@@ -175,7 +175,7 @@ def test_energy_delta_is_exact(use_fake):
 
 def test_missing_library_falls_back_to_cpu_once(use_fake, capsys, monkeypatch):
     use_fake(fake_pynvml(init_error=NVMLError_LibraryNotFound))
-    monkeypatch.setitem(telemetry._fallback_said, "done", False)
+    monkeypatch.setitem(telemetry_backends._fallback_said, "done", False)
     with telemetry.Sampler(interval_s=0.02) as tel:
         sum(i * i for i in range(200_000))
     with telemetry.Sampler(interval_s=0.02):
@@ -188,7 +188,7 @@ def test_missing_library_falls_back_to_cpu_once(use_fake, capsys, monkeypatch):
     s = tel.summary()
     assert s["backend"].iloc[0] == "cpu" and s["rss_gb_max"].iloc[0] > 0 and "energy_j" not in s
     with pytest.raises(RuntimeError, match="NVML telemetry unavailable"):
-        telemetry.make_backend("nvml")
+        telemetry_backends.make_backend("nvml")
 
 
 def test_failing_backend_never_crashes_the_work():
@@ -225,4 +225,4 @@ def test_bad_arguments():
     with pytest.raises(ValueError):
         telemetry.Sampler(interval_s=0)
     with pytest.raises(ValueError):
-        telemetry.make_backend("gpu")
+        telemetry_backends.make_backend("gpu")
