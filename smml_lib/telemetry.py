@@ -33,7 +33,7 @@ import time
 from contextlib import contextmanager
 from typing import Any, Iterator
 
-from smml_lib.telemetry_backends import CPU_METRICS, GPU_METRICS, make_backend
+from smml_lib.telemetry_backends import CPU_METRICS, GPU_METRICS, make_backend, nvml_indices_of
 
 
 class Sampler:
@@ -41,16 +41,20 @@ class Sampler:
 
     Args:
         interval_s: time between samples (0.1 s = 10 Hz; NVML's own counters update every 1/6-1 s).
-        devices: NVML indices to sample (default: every visible GPU).
+        devices: NVML indices to sample (default: every visible GPU, or ``device``'s).
+        device: a torch device (``cuda:k``) whose GPU alone is sampled: a one-GPU lab on a 4-GPU machine
+            then pays for one GPU's readings, not four.
         backend: ``auto`` | ``nvml`` | ``cpu``.
         pcie_interval_s: how often PCIe throughput is read (each read blocks ~20 ms in the driver).
     """
 
-    def __init__(self, interval_s: float = 0.1, *, devices: list[int] | None = None, backend: str = "auto",
-                 pcie_interval_s: float = 1.0, label: str = ""):
+    def __init__(self, interval_s: float = 0.1, *, devices: list[int] | None = None, device: Any = None,
+                 backend: str = "auto", pcie_interval_s: float = 1.0, label: str = ""):
         if interval_s <= 0:
             raise ValueError("interval_s must be positive")
         self.interval_s, self.label = interval_s, label
+        if devices is None and device is not None:
+            devices = nvml_indices_of(device)
         self.backend = make_backend(backend, devices, pcie_interval_s=pcie_interval_s)
         self.rows: list[dict[str, Any]] = []
         self.phases: list[dict[str, Any]] = []

@@ -149,6 +149,22 @@ def _visible_indices() -> list[int]:
     return list(range(n))  # UUIDs: cannot map cheaply, sample every GPU
 
 
+def nvml_indices_of(device: Any) -> list[int] | None:
+    """NVML's index of a torch CUDA device, through CUDA_VISIBLE_DEVICES: ``[k]``, or None (sample every GPU).
+
+    torch numbers the GPUs it was given (``cuda:0`` is the first of CUDA_VISIBLE_DEVICES); NVML numbers every
+    GPU of the machine. None for a CPU device, or where the mapping is unknown (UUIDs in the variable).
+    """
+    if getattr(device, "type", str(device).split(":")[0]) != "cuda" or not nvml.available():
+        return None
+    index = getattr(device, "index", None) or 0
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None and not all(p.strip().isdigit() for p in env.split(",") if p.strip()):
+        return None
+    visible = _visible_indices()
+    return [visible[index]] if index < len(visible) else None
+
+
 def make_backend(backend: str = "auto", devices: list[int] | None = None, *, pcie_interval_s: float = 1.0,
                  quiet: bool = False) -> NvmlBackend | CpuBackend:
     """``auto``: NVML when it works and sees a GPU, else the CPU backend (announced once per process)."""

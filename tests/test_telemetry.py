@@ -226,3 +226,18 @@ def test_bad_arguments():
         telemetry.Sampler(interval_s=0)
     with pytest.raises(ValueError):
         telemetry_backends.make_backend("gpu")
+
+
+def test_sampler_for_one_torch_device_reads_only_its_gpu(use_fake, monkeypatch):
+    import torch
+
+    use_fake(fake_pynvml(n_gpus=4))
+    assert telemetry_backends.nvml_indices_of(torch.device("cuda:2")) == [2]
+    assert telemetry_backends.nvml_indices_of(torch.device("cpu")) is None
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,1")  # torch's cuda:1 is the machine's GPU 1
+    assert telemetry_backends.nvml_indices_of(torch.device("cuda:1")) == [1]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-8d6e0d0e")  # UUIDs: unknown mapping, sample every GPU
+    assert telemetry_backends.nvml_indices_of(torch.device("cuda:0")) is None
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    tel = telemetry.Sampler(interval_s=0.05, device=torch.device("cuda:3"))
+    assert tel.backend.indices == [3]
