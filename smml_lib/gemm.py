@@ -338,10 +338,16 @@ def max_achievable_matmul(device: Any = None, dtype: str | None = None, *, time_
     # 4. confirmation of the top three with more iterations
     confirmed: dict[tuple[int, int, int], float] = {}
     env: dict[str, Any] = {}
-    for mnk in sorted(tried, key=tried.get, reverse=True)[:3]:
+    ranked = sorted(tried, key=tried.get, reverse=True)[:3]
+    for i, mnk in enumerate(ranked):
+        # as many iterations as the rest of the budget allows (at least 10): a big GEMM on a slow GPU takes
+        # ~0.1 s per call, and 3 x 100 of them would overrun the budget by half a minute
+        per_call_s = gemm_flops(*mnk) / (tried[mnk] * 1e12)
+        share_s = max(0.0, t_start + budget - time.perf_counter()) / (len(ranked) - i)
+        n = int(max(10, min(confirm_iters, share_s / per_call_s)))
         fn = make_gemm(*mnk, d, dev)
         with _tf32(d == "tf32"):
-            t = benchmark(fn, iters=confirm_iters, warmup=3, device=dev, dtype=d)
+            t = benchmark(fn, iters=n, warmup=3, device=dev, dtype=d)
         confirmed[mnk] = t.tflops(gemm_flops(*mnk))
         env = t.env
         rows.append({"phase": "confirm", "m": mnk[0], "n": mnk[1], "k": mnk[2], "tflops": confirmed[mnk],

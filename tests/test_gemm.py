@@ -98,3 +98,20 @@ def test_seed_shapes_are_aligned_and_include_wave_aligned_outputs():
     assert all(v % 256 == 0 and 2048 <= v <= 16384 for s in seeds for v in s)
     waves = [gemm.wave_quantization(m, n, 132, (128, 256)) for m, n, _ in seeds]
     assert any(w["wave_efficiency"] == 1.0 for w in waves)
+
+
+def test_mamf_confirmation_iterations_fit_the_rest_of_the_budget(monkeypatch):
+    """Confirmation asks for 100,000 iterations; it gets what the remaining budget allows (at least 10)."""
+    seen: list[int] = []
+    real = gemm.benchmark
+
+    def spy(fn, *args, iters=None, **kwargs):
+        seen.append(iters)
+        return real(fn, *args, iters=iters, **kwargs)
+
+    monkeypatch.setattr(gemm, "benchmark", spy)
+    res = gemm.max_achievable_matmul("cpu", "fp32", time_budget_s=1.0, lo=256, hi=512, align=256,
+                                     confirm_iters=100_000, progress=False)
+    n_confirm = int((res.trials["phase"] == "confirm").sum())
+    assert n_confirm >= 1 and all(10 <= n < 100_000 for n in seen[-n_confirm:])
+    assert res.elapsed_s < 4.0  # 1 s budget + one overrunning trial + at least 10 calls per confirmed shape
