@@ -30,7 +30,8 @@ def summarize_training(df: Any) -> Any:
             "tokens_per_s": r0["tokens_per_s"], "step_time_s": part["step_time_s"].max(),
             "mfu": r0["mfu"], "peak_memory_gb": part["peak_memory_bytes"].max() / GB,
             "memory_method": r0["memory_method"], "final_loss": r0["losses"][-1] if r0["losses"] else math.nan,
-            "micro_batch": int(r0["micro_batch"]), "seq_len": int(r0["seq_len"]), "precision": r0["precision"],
+            "micro_batch": int(r0["micro_batch"]), "grad_accum": int(r0.get("grad_accum", 1) or 1),
+            "seq_len": int(r0["seq_len"]), "precision": r0["precision"],
             "activation_checkpointing": bool(r0["activation_checkpointing"]), "device_name": r0["device_name"],
             "params": int(r0["params"]), "global_batch": int(r0["global_batch"]), "model": r0["model"]})
     return pd.DataFrame(rows)
@@ -44,7 +45,8 @@ def with_memory_prediction(summary: Any, cfg: Any) -> Any:
     for _, r in out.iterrows():
         p = training_memory(cfg, strategy=r["strategy"], num_gpus=r["world_size"], micro_batch=r["micro_batch"],
                             seq_len=r["seq_len"], precision=r["precision"],
-                            activation_checkpointing=r["activation_checkpointing"])
+                            activation_checkpointing=r["activation_checkpointing"],
+                            grad_accum=int(r.get("grad_accum", 1) or 1))
         key = "tensors_bytes" if r["memory_method"] == "cpu_tensor_bytes" else "peak_bytes"
         pred.append(p.attrs[key] / GB)
     out["predicted_gb"] = pred
@@ -192,9 +194,10 @@ def predicted_memory_table(cfg: Any, runs: list[tuple[str, int]], *, global_batc
     rows = []
     for strategy, n in runs:
         mb = micro_batch or global_batch // n
+        accum = max(1, global_batch // (mb * n))  # micro-batches per optimizer step on each process
         p = training_memory(cfg, strategy=strategy, num_gpus=n, micro_batch=mb, seq_len=seq_len, precision=precision,
-                            activation_checkpointing=activation_checkpointing)
-        rows.append({"strategy": strategy, "world_size": n, "micro_batch": mb,
+                            activation_checkpointing=activation_checkpointing, grad_accum=accum)
+        rows.append({"strategy": strategy, "world_size": n, "micro_batch": mb, "grad_accum": accum,
                      **{c: b / 1e6 for c, b in zip(p["component"], p["bytes"])},
                      "tensors_mb": p.attrs["tensors_bytes"] / 1e6, "peak_mb": p.attrs["peak_bytes"] / 1e6})
     return pd.DataFrame(rows)

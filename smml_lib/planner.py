@@ -26,7 +26,8 @@ With activation checkpointing only each layer's input is kept; one layer is reco
 
 Two totals: ``tensors`` = everything above held at once (what ``smml_lib.memtrack`` measures on a
 CPU), and ``peak`` = the GPU estimate, which adds the loss gradient buffers and accounts for
-gradients being created while activations are freed (single, FSDP) or living in persistent buckets
+gradients being created while activations are freed (single, FSDP; with gradient accumulation the
+earlier micro-batches' gradients are still there, so both count) or living in persistent buckets
 (DDP, ZeRO-1). Compare ``peak`` with ``torch.cuda.max_memory_allocated``; the CUDA context and the
 allocator's cache (``nvidia-smi`` shows them) come on top.
 
@@ -96,7 +97,8 @@ def normalize_strategy(strategy: str) -> str:
 
 
 def training_memory(cfg: Any, *, strategy: str = "ddp", num_gpus: int = 1, micro_batch: int = 1,
-                    seq_len: int = 2048, precision: str = "bf16", activation_checkpointing: bool = False) -> Any:
+                    seq_len: int = 2048, precision: str = "bf16", activation_checkpointing: bool = False,
+                    grad_accum: int = 1) -> Any:
     """Predicted memory per GPU for training ``cfg`` with AdamW. Returns a DataFrame (component, bytes, gb, note).
 
     Args:
@@ -106,6 +108,8 @@ def training_memory(cfg: Any, *, strategy: str = "ddp", num_gpus: int = 1, micro
         micro_batch, seq_len: sequences per forward on one GPU, and their length.
         precision: ``fp32`` or ``bf16`` (mixed: fp32 master weights, bf16 compute).
         activation_checkpointing: keep only each layer's input; recompute the rest in backward.
+        grad_accum: micro-batches per optimizer step. Above 1 the gradients of the first micro-batches are
+            still held while the next one's activations are alive, so both count at the peak.
 
     The frame's ``attrs`` carry ``tensors_bytes`` (all components held at once: what the CPU
     measurement counts) and ``peak_bytes`` (the GPU estimate, see the module docstring).
@@ -153,7 +157,10 @@ def training_memory(cfg: Any, *, strategy: str = "ddp", num_gpus: int = 1, micro
     else:  # gradients appear while activations are freed: the larger of the two, plus the head's grad early on
         head_grad = 4 * k["V"] * k["d"] / (n if sharded else 1)
         layer_tmp = (2 * per_layer * pbytes + per_layer * pbytes) if sharded else 0  # prefetch + unsharded grad
-        peak = weights + optim + gathered + copies + layer_tmp + max(act["saved"] + loss_tmp + head_grad, grads)
+        live = act["saved"] + loss_tmp + head_grad
+        # accumulating: the earlier micro-batches' gradients stay while the next one's activations are alive
+        held = live + grads if grad_accum > 1 else max(live, grads)
+        peak = weights + optim + gathered + copies + layer_tmp + held
     df.attrs.update(tensors_bytes=tensors, peak_bytes=float(peak), strategy=s, num_gpus=n, params=P, mode=mode)
     return df
 

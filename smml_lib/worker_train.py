@@ -41,6 +41,7 @@ checkpoint sizes/times, ``stopped_early, last_step, steps_since_checkpoint``.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import time
 from contextlib import nullcontext
@@ -179,6 +180,9 @@ def run_strategy(args: argparse.Namespace, env: DistEnv, strategy: str, stop: ck
 
     from smml_lib import memtrack
 
+    gc.collect()  # the previous strategy's model and optimizer (DDP holds reference cycles) go before this one's
+    if env.device.type == "cuda":  # peak is measured: nothing of theirs may still be allocated
+        torch.cuda.empty_cache()
     model, tokenizer = build_model(args, env)
     cfg = model.config
     data = StepData(token_stream(args.data, tokenizer, cfg.vocab_size, seed=args.seed), args.seq_len,

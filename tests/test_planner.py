@@ -29,6 +29,28 @@ def test_sixteen_bytes_per_parameter_and_zero_stages():
         planner.training_memory(cfg, strategy="zero4")
 
 
+def test_gradient_accumulation_holds_gradients_and_activations_together():
+    """Single-GPU GPU peak, by hand: max(live activations, gradients) per step; accumulating, their sum."""
+    from smml_lib.anatomy import param_counts
+
+    cfg = preset_config("Llama-3.2-1B")
+    P, V, d = count_params_from_config(cfg), cfg["vocab_size"], cfg["hidden_size"]
+    tokens = 2 * 1024
+    act = planner.activation_bytes(cfg, tokens, "autocast")
+    comp = param_counts(cfg).set_index("component")["params"]
+    copies = 2 * (comp["attention"] + comp["mlp"] + V * d)  # autocast's bf16 weight copies
+    live = act["saved"] + tokens * V * (4 + 2) + act["recompute"] + 4 * V * d  # + fp32/bf16 logits grads + head grad
+    kw = dict(strategy="single", micro_batch=2, seq_len=1024, precision="bf16")
+    one = planner.training_memory(cfg, **kw)
+    accum = planner.training_memory(cfg, grad_accum=8, **kw)
+    assert one.attrs["peak_bytes"] == pytest.approx(4 * P + 8 * P + copies + max(live, 4 * P))
+    assert accum.attrs["peak_bytes"] == pytest.approx(4 * P + 8 * P + copies + live + 4 * P)
+    assert accum.attrs["tensors_bytes"] == one.attrs["tensors_bytes"]  # the CPU total holds everything already
+    ddp = dict(strategy="ddp", num_gpus=4, micro_batch=2, seq_len=1024)
+    assert planner.training_memory(cfg, grad_accum=8, **ddp).attrs["peak_bytes"] == pytest.approx(
+        planner.training_memory(cfg, **ddp).attrs["peak_bytes"])  # DDP's gradient buckets were counted already
+
+
 def test_activation_elements_hand_computed():
     # tiny: d=256, 8 heads x 32, 4 kv heads x 32, ff=688, vocab 1024
     # fp32 layer: 6d + 2*256 (q, attention output) + 2*128 (k, v) + 4*688 + 8 (log-sum-exp per head)
