@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ast
 import json
+import linecache
 import os
 import sys
 import time
@@ -76,6 +77,7 @@ def declared_parameters(cells: list[Cell]) -> dict[str, Any]:
 
 def _run_cell(source: str, namespace: dict[str, Any], label: str) -> None:
     """Execute one cell; like a notebook, a last bare expression is shown (printed here) unless it is None."""
+    linecache.cache[label] = (len(source), None, source.splitlines(keepends=True), label)  # tracebacks show lines
     tree = ast.parse(source, filename=label)
     last = tree.body[-1] if tree.body and isinstance(tree.body[-1], ast.Expr) else None
     if last is not None:

@@ -52,6 +52,7 @@ def test_a_failing_cell_is_named_and_stops_the_run(toy, capsys):
     run = plainrun.run_notebook(toy, {"x": 1})
     assert run.status == "failed" and run.error_cell == 5
     assert "AssertionError: y is 2" in run.error
+    assert "assert y == 4, f'y is {y}'" in run.error  # the traceback quotes the failing line of the cell
     with pytest.raises(ValueError, match=r"\['z'\] are not declared"):
         plainrun.run_notebook(toy, {"z": 3})
 
