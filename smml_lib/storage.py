@@ -285,6 +285,9 @@ class LocalS3:
         self.stop()
 
 
+LOCAL_SERVER_MEMORY_PER_BYTE = 2.5  # peak process memory per uploaded byte (measured 2.4: see Target.check_room)
+
+
 @dataclass
 class Target:
     """Where a lab puts checkpoints: a real bucket (``s3_url``) or a local S3-compatible server."""
@@ -299,6 +302,24 @@ class Target:
     @property
     def kind(self) -> str:
         return f"local S3 server {self.server.endpoint_url}" if self.server else "AWS S3"
+
+    def check_room(self, local: str | os.PathLike) -> None:
+        """Refuse a folder the local server could not hold: it keeps what it stores in this process's memory.
+
+        Measured here: 2.15 GB uploaded through it raised this process's peak memory by 5.07 GB (2.4x), so
+        a 15 GB checkpoint needs about 36 GB free. Real S3 (``s3_url``) has no such limit: a no-op then.
+        """
+        if not self.server:
+            return
+        import psutil
+
+        nbytes = sum(f.stat().st_size for f in Path(local).rglob("*") if f.is_file())
+        need, free = LOCAL_SERVER_MEMORY_PER_BYTE * nbytes, psutil.virtual_memory().available
+        if need > free:
+            raise StorageError(
+                f"{nbytes / 1e9:.1f} GB through the local S3 server needs about {need / 1e9:.0f} GB of free memory "
+                f"(it keeps objects in this process); {free / 1e9:.0f} GB are available. Set s3_url to a bucket "
+                "you may write to (AWS credentials configured), or train a smaller model.")
 
     def close(self) -> None:
         if self.server:

@@ -134,3 +134,17 @@ def test_training_resumed_from_an_s3_checkpoint_continues_with_the_same_losses(s
     assert b["resumed_from_step"] == 2 and b["first_step"] == 3
     assert b["losses"] == pytest.approx(a["losses"][2:], rel=1e-6, abs=1e-7)
     assert json.loads((tmp_path / "b" / "step_00000002" / "meta.json").read_text())["step"] == 2
+
+
+def test_local_server_refuses_a_folder_it_could_not_hold_in_memory(s3, tmp_path, monkeypatch):
+    import psutil
+
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    (folder / "shard.distcp").write_bytes(b"x" * 1_000_000)
+    local = storage.Target("s3://smml-test/smml", s3.client(), s3)
+    local.check_room(folder)  # 1 MB: plenty of room
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: type("vm", (), {"available": 2_000_000})())
+    with pytest.raises(storage.StorageError, match=r"needs about .* GB of free memory .* Set s3_url"):
+        local.check_room(folder)  # 2.5 MB needed, 2 MB free
+    storage.Target("s3://real-bucket/x", client=None).check_room(folder)  # real S3: no memory limit here
