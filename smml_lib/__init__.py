@@ -27,8 +27,8 @@ Multi-accelerator distribution (Module 02)
 Multi-node orchestration (Module 03)
 - ``cluster``, ``cluster_host``, ``slurm``, ``slurm_script``, ``multinode``, ``storage``   a real 2-node
   Slurm cluster on one machine, sbatch jobs, S3 checkpoints
-- ``serving``, ``serving_process``, ``schedulers``, ``kvbatch``, ``serving_limits``, ``loadgen``   an
-  OpenAI-compatible server with static and continuous batching, and its load generator
+- ``serving``, ``serving_api``, ``serving_process``, ``schedulers``, ``kvbatch``, ``serving_limits``,
+  ``loadgen``   an OpenAI-compatible server with static and continuous batching, and its load generator
 
 Cost optimization (Module 04)
 - ``cost``, ``costcalc``, ``spotcalc``, ``spot``, ``imds``   prices (live or snapshot), the cost calculators, spot
