@@ -12,15 +12,18 @@
 #   telemetry    the NVML sampler's cost at 10 Hz (target: < 1% of one core)
 #   lab01-N      the Module 01 lab in real mode, run as plain Python (no Jupyter needed); its saved
 #                results are the reference results learners see beside their own
-#   bench-ladder the decode ladder benchmark (lab 01-3 measures the same ladder; optional)
+#   bench-ladder the decode ladder benchmark: issue 3's decode targets (lab 01-3 measures the same ladder)
 #
 # Made for a borrowed machine that has torch, transformers, pandas and matplotlib but no Jupyter and
 # no network. Nothing is installed. Each step has its own time limit and its own log; a failing step
 # does not stop the others. Everything lands in $SMML_REF_DIR (default /tmp/smml-reference) and, after
 # every step, in $OUT/reference.tar.gz when $OUT is set (the device tool brings $OUT back).
-# With the device tool (at most 10 min per call, warm for 30 s in between), two calls, back to back:
-#   bash scripts/gpu_reference.sh env twin harness mamf telemetry lab01-2 lab01-1    (about 5 min)
-#   bash scripts/gpu_reference.sh twin lab01-3       (compiles: up to 9 min; twin is kept if still warm)
+# With the device tool (at most 10 min per call, warm for 30 s in between), two calls, back to back. The
+# first prints every figure issue 3 asks for, the second records the labs' reference results:
+#   bash scripts/gpu_reference.sh env twin harness mamf telemetry bench-ladder   (estimated 4-5 min)
+#   bash scripts/gpu_reference.sh twin lab01-3 lab01-2 lab01-1   (estimated 6-9 min: lab01-3 compiles one
+#                                              decode graph per batch size; twin is kept if still warm)
+# Estimates only: none of this has run on a GPU yet. Every step's results come back even if a later one is cut.
 # Then: tar xzf reference.tar.gz; cp results/m01_*.json assets/reference_results/; commit with the logs'
 # figures. In smoke mode (SMML_REF_MODE=smoke) the same steps run on a CPU with the tiny model: a dry run.
 set -uo pipefail
