@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import gc
 import json
 import os
 import sys
@@ -201,7 +202,14 @@ def run_worker(main: Callable[[list[str]], int | None], argv: list[str] | None =
         raise
     finally:
         shutdown()
-    sys.exit(int(code or 0))
+    # Every result is written and the process group is gone: leave without the interpreter's teardown. Tearing
+    # torch's C++ objects (gloo's worker threads and their tensors) down after Python's own can abort a
+    # finished rank ("terminate called without an active exception", seen once in this project's test runs),
+    # which would turn a completed job into a failed one.
+    gc.collect()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(int(code or 0))
 
 
 def _peek_run_dir(argv: list[str]) -> str | None:
