@@ -209,7 +209,8 @@ def _apply(model: Any, rung: Rung) -> Any:
 
     # RoPE frequencies stay fp32, as a checkpoint loaded in bf16 keeps them: model.to() would round them too,
     # and the bf16 rungs would then differ from the naive one by more than the weights' rounding.
-    rope = {n: b.detach().clone() for n, b in model.named_buffers() if n.endswith("inv_freq") and b.dtype == torch.float32}
+    rope = {n: b.detach().clone() for n, b in model.named_buffers()
+            if n.endswith("inv_freq") and b.dtype == torch.float32}
     model.to(resolve_dtype(rung.dtype))
     for name, value in rope.items():
         owner, _, attr = name.rpartition(".")

@@ -191,6 +191,11 @@ def cli(argv: list[str]) -> int:
     if args.twin:
         if not args.dest:
             p.error("--twin needs --dest FOLDER")
+        if args.device.startswith("cuda"):
+            import torch
+
+            if not torch.cuda.is_available():
+                p.error(f"--device {args.device}: torch sees no CUDA GPU here; use --device cpu (slower, same result)")
         print(build_twin(args.twin, args.dest, device=args.device))
         return 0
     print(tiny_llama_path(rebuild=args.rebuild))

@@ -103,3 +103,15 @@ def test_gpu_reference_script_dry_run_on_cpu(tmp_path):
     with tarfile.open(out / "reference.tar.gz") as tar:
         names = set(tar.getnames())
     assert {"./results/m01_gemm_sweep.json", "./results/m01_mamf.json", "./logs/env.log"} <= names
+
+
+def test_twin_on_cuda_without_a_gpu_says_what_to_do(tmp_path, monkeypatch, capsys):
+    import torch
+
+    from smml_lib import tiny
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit) as exc:
+        tiny.cli(["--twin", "Llama-3.2-1B", "--dest", str(tmp_path / "t"), "--device", "cuda"])
+    assert exc.value.code == 2 and "use --device cpu" in capsys.readouterr().err
+    assert not (tmp_path / "t").exists()  # refused before building anything
