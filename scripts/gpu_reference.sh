@@ -42,7 +42,7 @@ MODEL=${SMML_REF_MODEL:-$REF/Llama-3.2-1B-twin-random-weights}
 # GPUs build a small launcher on first use).
 ENV_PY='
 import json, os, shutil, sysconfig
-from smml_lib.env import environment
+from smml_lib.perf.environment import environment
 print(json.dumps(environment(), indent=1, default=str))
 try:
     import triton; print("triton", triton.__version__)
@@ -70,7 +70,7 @@ step() {  # step NAME LIMIT_S COMMAND...: run with a time limit, log, report, ne
 
 lab() {  # lab NAME LIMIT_S NOTEBOOK [-p NAME=VALUE ...]: a Module 01 lab through the plain runner
   local name=$1 limit=$2 nb=$3; shift 3
-  step "$name" "$limit" "$PY" -m smml_lib.plainrun "01_Leveraging_Hardware/$nb" -p "mode=$MODE" "$@"
+  step "$name" "$limit" "$PY" -m smml_lib.course.plainrun "01_Leveraging_Hardware/$nb" -p "mode=$MODE" "$@"
 }
 
 run_step() {
@@ -79,7 +79,7 @@ run_step() {
     twin)
       if [ "$MODE" = smoke ] || [ -n "${SMML_REF_MODEL:-}" ]; then echo "=== twin: not needed ($MODEL) ==="
       elif [ -f "$MODEL/model.safetensors" ]; then echo "=== twin: already built in $MODEL ==="
-      else step twin 120 "$PY" -m smml_lib.tiny --twin Llama-3.2-1B --dest "$MODEL" --device cuda; fi ;;
+      else step twin 120 "$PY" -m smml_lib.models.tiny --twin Llama-3.2-1B --dest "$MODEL" --device cuda; fi ;;
     harness) step harness 120 "$PY" -m smml_lib.benchmarks.harness_agreement --rounds 3 ;;
     mamf) step mamf 120 "$PY" -m smml_lib.benchmarks.mamf ;;
     telemetry) step telemetry 90 "$PY" -m smml_lib.benchmarks.telemetry_overhead --seconds 5

@@ -18,18 +18,18 @@ import sys
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "doctor": ("smml_lib.doctor", "check this machine before a workshop (versions, GPUs, tokens, disk)"),
-    "labs": ("smml_lib.labs", "run every lab notebook headlessly and write a browsable HTML report"),
-    "kernel": ("smml_lib.kernel", "register the Jupyter kernel 'smml' for this environment"),
-    "tiny": ("smml_lib.tiny", "build or locate the offline tiny Llama checkpoint"),
+    "doctor": ("smml_lib.course.doctor", "check this machine before a workshop (versions, GPUs, tokens, disk)"),
+    "labs": ("smml_lib.course.runner", "run every lab notebook headlessly and write a browsable HTML report"),
+    "kernel": ("smml_lib.course.jupyter_kernel", "register the Jupyter kernel 'smml' for this environment"),
+    "tiny": ("smml_lib.models.tiny", "build or locate the offline tiny Llama checkpoint"),
     "bench": ("smml_lib.benchmarks", "run a benchmark that prints a target figure (smml bench --list)"),
-    "plainrun": ("smml_lib.plainrun", "run lab notebooks as plain Python, no Jupyter (e.g. on a bare GPU machine)"),
-    "launch": ("smml_lib.launcher", "run a worker module under torchrun and collect per-rank results"),
-    "cluster": ("smml_lib.cluster", "a real two-node Slurm cluster on this machine: up | status | down"),
-    "serve": ("smml_lib.serving", "an OpenAI-compatible completion server over a Llama (tiny or real)"),
-    "loadtest": ("smml_lib.loadgen", "a concurrency sweep against any OpenAI-compatible server"),
-    "prices": ("smml_lib.cost", "instance prices: live from AWS when credentials exist, else the snapshot"),
-    "diagrams": ("smml_lib.diagrams", "regenerate the course diagrams in assets/ from their source"),
+    "plainrun": ("smml_lib.course.plainrun", "run lab notebooks as plain Python, no Jupyter (e.g. on a bare GPU machine)"),
+    "launch": ("smml_lib.distributed.launcher", "run a worker module under torchrun and collect per-rank results"),
+    "cluster": ("smml_lib.cluster.local_cluster", "a real two-node Slurm cluster on this machine: up | status | down"),
+    "serve": ("smml_lib.serving.server", "an OpenAI-compatible completion server over a Llama (tiny or real)"),
+    "loadtest": ("smml_lib.serving.loadgen", "a concurrency sweep against any OpenAI-compatible server"),
+    "prices": ("smml_lib.cost.pricing", "instance prices: live from AWS when credentials exist, else the snapshot"),
+    "diagrams": ("smml_lib.course.diagrams", "regenerate the course diagrams in assets/ from their source"),
 }
 
 

@@ -40,7 +40,7 @@ REPO = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="session")
 def kernel_name() -> str:
     """The Jupyter kernel the notebooks run on, registered for (and pointing at) this interpreter."""
-    from smml_lib.kernel import KERNEL_NAME, ensure_kernel, kernel_python
+    from smml_lib.course.jupyter_kernel import KERNEL_NAME, ensure_kernel, kernel_python
 
     ensure_kernel()
     assert Path(kernel_python(KERNEL_NAME)).resolve() == Path(sys.executable).resolve(), (
@@ -51,7 +51,7 @@ def kernel_name() -> str:
 @pytest.fixture(scope="session")
 def tiny_path() -> Path:
     """The offline tiny Llama checkpoint folder (built once, cached)."""
-    from smml_lib.tiny import tiny_llama_path
+    from smml_lib.models.tiny import tiny_llama_path
 
     return tiny_llama_path()
 
@@ -59,13 +59,13 @@ def tiny_path() -> Path:
 @pytest.fixture(scope="session")
 def tiny_model(tiny_path):
     """The tiny Llama loaded on the CPU in fp32: ``(model, tokenizer)``. Do not modify it in a test."""
-    from smml_lib.models import load_llama
+    from smml_lib.models.loading import load_llama
 
     return load_llama("tiny", device="cpu", dtype="fp32")
 
 
 def _cluster_test_ids() -> tuple[str, set[str]]:
-    from smml_lib.labs import discover_notebooks, uses_local_cluster
+    from smml_lib.course.runner import discover_notebooks, uses_local_cluster
 
     notebooks = {nb.relative_to(REPO).as_posix() for nb in discover_notebooks() if uses_local_cluster(nb)}
     return "tests/test_cluster.py::", notebooks

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from smml_lib import anatomy
+from smml_lib.models import anatomy
 
 
 def test_llama_3_2_1b_parameters_by_hand():

@@ -12,8 +12,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import torch
 
-from smml_lib import checkpoint as ckpt
-from smml_lib.dist import init_distributed
+from smml_lib.checkpoint import sharded as ckpt
+from smml_lib.distributed.runtime import init_distributed
 
 
 def test_save_load_roundtrip_single_process(tmp_path, monkeypatch):

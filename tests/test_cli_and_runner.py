@@ -12,8 +12,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from smml_lib.kernel import kernel_spec_dict
-from smml_lib.labs import check_parameters
+from smml_lib.course.jupyter_kernel import kernel_spec_dict
+from smml_lib.course.runner import check_parameters
 
 
 def _smml(*args, env=None, timeout=300):
@@ -52,7 +52,7 @@ def fake_course(tmp_path):
     root = tmp_path / "course"
     (root / "00_Fake").mkdir(parents=True)
     (root / "pyproject.toml").write_text("[project]\nname='fake'\n")
-    start = 'from smml_lib.lab import start_lab\nlab = start_lab("Fake", mode)'
+    start = 'from smml_lib.course.lab import start_lab\nlab = start_lab("Fake", mode)'
     _notebook(root / "00_Fake" / "01_good.ipynb", [start, 'lab.record("answer", 42, "units")',
                                                    'lab.check({"it ran": True})'])
     _notebook(root / "00_Fake" / "02_bad.ipynb", [start, "x = 1", 'raise RuntimeError("boom in cell")'])

@@ -2,7 +2,7 @@
 
 A session fixture starts the cluster once (network namespaces + munged + slurmctld + 2 slurmd) and stops it
 at the end, checking that nothing is left behind. Jobs are real ``sbatch`` submissions of the script from
-``smml_lib.slurm.render_sbatch`` running ``torchrun`` across the two namespace hosts over gloo. Without
+``smml_lib.cluster.jobs.render_sbatch`` running ``torchrun`` across the two namespace hosts over gloo. Without
 root or the Slurm packages these tests are skipped with the reason (``scripts/course.sh setup`` installs
 the packages as root).
 """
@@ -16,20 +16,20 @@ import time
 
 import pytest
 
-from smml_lib import cluster, slurm
+from smml_lib.cluster import jobs, local_cluster
 
-PROBLEMS = cluster.preflight()
+PROBLEMS = local_cluster.preflight()
 needs_cluster = pytest.mark.skipif(bool(PROBLEMS), reason="; ".join(PROBLEMS) or "ok")
 pytestmark = [pytest.mark.cluster]  # conftest: under pytest-xdist, all cluster tests run on one worker
 
 
 @pytest.fixture(scope="session")
-def local_cluster():
+def running_cluster():
     if PROBLEMS:
         pytest.skip("; ".join(PROBLEMS))
-    c = cluster.up()
+    c = local_cluster.up()
     yield c
-    report = cluster.down()
+    report = local_cluster.down()
     assert report.clean, report.leftovers
 
 
@@ -41,28 +41,28 @@ def _ours_left() -> list[str]:
 
 def test_preflight_explains_missing_root(monkeypatch):
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
-    problems = cluster.preflight()
+    problems = local_cluster.preflight()
     assert any("needs root" in p and "sudo smml cluster up" in p for p in problems)
-    c = cluster.ensure("local")
+    c = local_cluster.ensure("local")
     assert not c.available and "root" in c.reason
 
 
 @needs_cluster
-def test_nodes_are_idle_namespace_hosts_with_their_own_addresses(local_cluster):
-    nodes = slurm.nodes_frame(local_cluster)
+def test_nodes_are_idle_namespace_hosts_with_their_own_addresses(running_cluster):
+    nodes = jobs.nodes_frame(running_cluster)
     assert list(nodes["node"]) == ["node1", "node2"]
     assert list(nodes["address"]) == ["10.213.0.11", "10.213.0.12"]
     assert set(nodes["state"]) <= {"IDLE", "MIXED", "ALLOCATED"}
-    status = cluster.status()
+    status = local_cluster.status()
     assert status["up"] and all(d["alive"] for d in status["daemons"]) and len(status["daemons"]) == 4
-    again = cluster.up()  # a second up reuses the running cluster
-    assert not again.started_here and again.conf == local_cluster.conf
+    again = local_cluster.up()  # a second up reuses the running cluster
+    assert not again.started_here and again.conf == running_cluster.conf
 
 
 @needs_cluster
-def test_two_node_torchrun_job(local_cluster):
-    job = slurm.TorchrunJob("worker_hello", nodes=2, nproc_per_node=1, name="hello")
-    run = slurm.submit_and_follow(job, local_cluster, timeout_s=240, echo=False)
+def test_two_node_torchrun_job(running_cluster):
+    job = jobs.TorchrunJob("hello", nodes=2, nproc_per_node=1, name="hello")
+    run = jobs.submit_and_follow(job, running_cluster, timeout_s=240, echo=False)
     assert run.ok and run.exit_code == "0:0" and run.nodes == "node[1-2]"
     assert [r["state"] for r in run.timeline][-1] == "COMPLETED" and "RUNNING" in run.frame()["state"].tolist()
     df = run.results().sort_values("rank")
@@ -70,16 +70,16 @@ def test_two_node_torchrun_job(local_cluster):
     assert (df["ifname"] == "smml0").all() and (df["allreduce_sum"] == 1).all()
     port = 20000 + (int(run.job_id) % 3000) * 4  # a port per job id (and restart)
     assert f"rendezvous 10.213.0.11:{port}" in run.log()
-    queue = slurm.queue_frame(local_cluster)
+    queue = jobs.queue_frame(running_cluster)
     assert run.job_id not in set(queue["job_id"])  # finished jobs leave the queue
 
 
 @needs_cluster
-def test_failed_job_reports_rank_node_and_traceback(local_cluster):
-    job = slurm.TorchrunJob("worker_hello", ["--steps", "4", "--inject-fault", "crash", "--fault-rank", "1",
+def test_failed_job_reports_rank_node_and_traceback(running_cluster):
+    job = jobs.TorchrunJob("hello", ["--steps", "4", "--inject-fault", "crash", "--fault-rank", "1",
                                              "--fault-step", "2"], nodes=2, name="crash")
-    with pytest.raises(slurm.JobFailed) as err:
-        slurm.submit_and_follow(job, local_cluster, timeout_s=240, echo=False)
+    with pytest.raises(jobs.JobFailed) as err:
+        jobs.submit_and_follow(job, running_cluster, timeout_s=240, echo=False)
     text = str(err.value)
     assert "FAILED" in text and "exit code" in text and "node[1-2]" in text
     assert "rank 1 on node2" in text and "injected crash" in text
@@ -87,10 +87,10 @@ def test_failed_job_reports_rank_node_and_traceback(local_cluster):
 
 
 @needs_cluster
-def test_preempted_job_saves_requeues_and_resumes(local_cluster):
-    job = slurm.TorchrunJob("worker_hello", ["--steps", "8", "--step-s", "0.5", "--resume"], nodes=2,
+def test_preempted_job_saves_requeues_and_resumes(running_cluster):
+    job = jobs.TorchrunJob("hello", ["--steps", "8", "--step-s", "0.5", "--resume"], nodes=2,
                             name="preempt")
-    run = slurm.submit_and_follow(job, local_cluster, timeout_s=300, echo=False, preempt_when=slurm.after_step(3))
+    run = jobs.submit_and_follow(job, running_cluster, timeout_s=300, echo=False, preempt_when=jobs.after_step(3))
     assert run.ok and run.restarts == 1
     assert "SIGUSR1" in run.log() and "requeueing job" in run.log()
     df = run.results()
@@ -98,49 +98,49 @@ def test_preempted_job_saves_requeues_and_resumes(local_cluster):
 
 
 @needs_cluster
-def test_link_limit_is_applied_and_removed(local_cluster):
-    with cluster.link_limit(100) as cmds:
+def test_link_limit_is_applied_and_removed(running_cluster):
+    with local_cluster.link_limit(100) as cmds:
         assert len(cmds) == 2 and all("tbf rate 100" in c for c in cmds)
-        links = cluster.status()["links"]
+        links = local_cluster.status()["links"]
         assert all("tbf" in q and "100Mbit" in q for q in links.values()), links
-    assert not any("tbf" in q for q in cluster.status()["links"].values())
+    assert not any("tbf" in q for q in local_cluster.status()["links"].values())
 
 
 @needs_cluster
-def test_down_leaves_nothing_then_up_again(local_cluster):
-    report = cluster.down()
+def test_down_leaves_nothing_then_up_again(running_cluster):
+    report = local_cluster.down()
     assert report.clean and not _ours_left()
-    assert not cluster.status()["up"]
-    assert not any(d["alive"] for d in cluster.status()["daemons"])  # state.json is gone too
-    c = cluster.up()  # the session fixture tears it down at the end
-    assert c.started_here and cluster.status()["up"]
+    assert not local_cluster.status()["up"]
+    assert not any(d["alive"] for d in local_cluster.status()["daemons"])  # state.json is gone too
+    c = local_cluster.up()  # the session fixture tears it down at the end
+    assert c.started_here and local_cluster.status()["up"]
 
 
 @needs_cluster
-def test_a_process_that_started_the_cluster_stops_it_when_it_exits(local_cluster):
-    cluster.down()
-    code = ("from smml_lib import cluster; a = cluster.ensure('local'); b = cluster.ensure('local'); "
+def test_a_process_that_started_the_cluster_stops_it_when_it_exits(running_cluster):
+    local_cluster.down()
+    code = ("from smml_lib.cluster import local_cluster; a = local_cluster.ensure('local'); b = local_cluster.ensure('local'); "
             "assert a.started_here and b.started_here, 'a re-run cell keeps ownership'")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
     deadline = time.monotonic() + 30  # the exit handler stops it from a detached process
-    while time.monotonic() < deadline and (_ours_left() or cluster.status()["daemons"]):
+    while time.monotonic() < deadline and (_ours_left() or local_cluster.status()["daemons"]):
         time.sleep(0.3)
-    assert not _ours_left() and not cluster.status()["daemons"]
-    cluster.up()
+    assert not _ours_left() and not local_cluster.status()["daemons"]
+    local_cluster.up()
 
 
 @needs_cluster
-def test_cli_status_and_limit(local_cluster, capsys):
-    assert cluster.cli(["status"]) == 0
+def test_cli_status_and_limit(running_cluster, capsys):
+    assert local_cluster.cli(["status"]) == 0
     assert '"up": true' in capsys.readouterr().out
-    assert cluster.cli(["limit", "50"]) == 0 and cluster.cli(["limit", "off"]) == 0
+    assert local_cluster.cli(["limit", "50"]) == 0 and local_cluster.cli(["limit", "off"]) == 0
 
 
 def test_a_daemon_still_writing_its_pid_file_is_waited_for(tmp_path):
     """slurmctld creates its pid file before writing the number: an empty file means 'not yet', not a crash."""
     import threading
 
-    from smml_lib.cluster_host import record_daemon
+    from smml_lib.cluster.host import record_daemon
 
     pid_file = tmp_path / "d.pid"
     pid_file.write_text("")
@@ -153,7 +153,7 @@ def test_down_finds_a_daemon_whose_start_was_not_recorded(tmp_path):
     """A start that failed half-way leaves a running daemon known only by its pid file: down must stop it."""
     import shutil as sh
 
-    from smml_lib.cluster_host import daemons_from_pid_files
+    from smml_lib.cluster.host import daemons_from_pid_files
 
     fake = tmp_path / "slurmctld"  # a process whose name is "slurmctld"
     sh.copy(sh.which("sleep"), fake)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from smml_lib import worker_collectives as wc
-from smml_lib.launcher import launch
+from smml_lib.distributed.workers import collectives as wc
+from smml_lib.distributed.launcher import launch
 
 
 def test_bus_factors_and_sizes():
@@ -32,7 +32,7 @@ def test_summary_uses_slowest_rank():
 
 
 def test_gloo_sweep_two_ranks(tmp_path):
-    df = launch("worker_collectives", ["--max-bytes", "256K", "--iters", "3", "--warmup", "1"], nproc=2,
+    df = launch("collectives", ["--max-bytes", "256K", "--iters", "3", "--warmup", "1"], nproc=2,
                 timeout_s=120, run_dir=tmp_path, echo=False)
     assert set(df["op"]) == set(wc.OPS) and set(df["rank"]) == {0, 1}
     s = wc.summarize(df)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from smml_lib import compiling
+from smml_lib.perf import compiling
 
 
 def test_graph_breaks_are_counted_with_their_reason():

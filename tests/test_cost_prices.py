@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from smml_lib import cost
+from smml_lib.cost import pricing
 
 GOOD_FILTERS = [
     {"Type": "TERM_MATCH", "Field": "instanceType", "Value": "g6.12xlarge"},
@@ -67,7 +67,7 @@ def stubbed_pricing(entries_by_type: dict[str, list[str]]):
     stub = Stubber(client)
     for itype, entries in entries_by_type.items():
         stub.add_response("get_products", {"PriceList": entries, "FormatVersion": "aws_v1"},
-                          expected_params={"ServiceCode": "AmazonEC2", "Filters": cost.pricing_filters(itype),
+                          expected_params={"ServiceCode": "AmazonEC2", "Filters": pricing.pricing_filters(itype),
                                            "FormatVersion": "aws_v1", "MaxResults": 100})
     stub.activate()
     return client, stub
@@ -75,10 +75,10 @@ def stubbed_pricing(entries_by_type: dict[str, list[str]]):
 
 # ---------------------------------------------------------------------------------------------- snapshot
 def test_snapshot_covers_course_instances_with_source_and_date():
-    snap = cost.load_snapshot()
+    snap = pricing.load_snapshot()
     assert snap["source"]["commit"].startswith("00148f2a") and "caveat" in snap["date"]
-    df = cost.snapshot_prices()
-    assert list(df["instance_type"]) == list(cost.COURSE_INSTANCES)
+    df = pricing.snapshot_prices()
+    assert list(df["instance_type"]) == list(pricing.COURSE_INSTANCES)
     assert df["on_demand_usd_per_h"].notna().all() and (df["spot_zones"] > 0).all()
     row = df.set_index("instance_type").loc["g6.12xlarge"]
     # the figures of the reference table (SkyPilot catalog @00148f2a): 4.6016 on-demand, spot 1.76-2.10 in us-east-1
@@ -88,27 +88,27 @@ def test_snapshot_covers_course_instances_with_source_and_date():
 
 
 def test_snapshot_unknown_instance_says_what_is_covered():
-    with pytest.raises(cost.PriceLookupError, match="snapshot covers"):
-        cost.snapshot_prices(["x9.huge"])
+    with pytest.raises(pricing.PriceLookupError, match="snapshot covers"):
+        pricing.snapshot_prices(["x9.huge"])
 
 
 # ------------------------------------------------------------------------------------ Pricing API (Stubber)
 def test_pricing_filters_select_one_linux_sku_and_parse_to_usd_per_hour(fake_aws_env):
-    assert cost.pricing_filters("g6.12xlarge", "us-east-1") == GOOD_FILTERS
+    assert pricing.pricing_filters("g6.12xlarge", "us-east-1") == GOOD_FILTERS
     client, stub = stubbed_pricing({"g6.12xlarge": [price_list_entry("g6.12xlarge", "4.6016000000")]})
-    assert cost.live_on_demand_price("g6.12xlarge", "us-east-1", client) == pytest.approx(4.6016)
+    assert pricing.live_on_demand_price("g6.12xlarge", "us-east-1", client) == pytest.approx(4.6016)
     stub.assert_no_pending_responses()
 
 
 def test_pricing_ambiguous_or_missing_sku_is_an_error(fake_aws_env):
     two = [price_list_entry("g6.12xlarge", "4.6016", "A"), price_list_entry("g6.12xlarge", "9.9", "B")]
     client, _ = stubbed_pricing({"g6.12xlarge": two})
-    with pytest.raises(cost.PriceLookupError, match="exactly one"):
-        cost.live_on_demand_price("g6.12xlarge", "us-east-1", client)
-    with pytest.raises(cost.PriceLookupError, match="got 0"):
-        cost.parse_on_demand_price([])
-    with pytest.raises(cost.PriceLookupError, match="Unknown region"):
-        cost.pricing_filters("g6.12xlarge", "mars-north-1")
+    with pytest.raises(pricing.PriceLookupError, match="exactly one"):
+        pricing.live_on_demand_price("g6.12xlarge", "us-east-1", client)
+    with pytest.raises(pricing.PriceLookupError, match="got 0"):
+        pricing.parse_on_demand_price([])
+    with pytest.raises(pricing.PriceLookupError, match="Unknown region"):
+        pricing.pricing_filters("g6.12xlarge", "mars-north-1")
 
 
 # ------------------------------------------------------------------------------------------- EC2 (moto)
@@ -118,8 +118,8 @@ def test_instance_specs_and_spot_history_from_moto(fake_aws_env):
 
     with mock_aws():
         ec2 = boto3.client("ec2", region_name="us-east-1")
-        specs = cost.live_instance_specs(["g6.12xlarge", "trn1.32xlarge"], "us-east-1", ec2).set_index("instance_type")
-        spot = cost.live_spot_prices(["g6.12xlarge"], "us-east-1", ec2)
+        specs = pricing.live_instance_specs(["g6.12xlarge", "trn1.32xlarge"], "us-east-1", ec2).set_index("instance_type")
+        spot = pricing.live_spot_prices(["g6.12xlarge"], "us-east-1", ec2)
     # moto serves EC2's real DescribeInstanceTypes data: 4 x L4 at 22888 MiB, 16 Trainium devices at 32768 MiB
     assert specs.loc["g6.12xlarge", ["accelerator", "accelerators", "accelerator_memory_mib"]].tolist() == [
         "NVIDIA L4", 4, 22888]
@@ -136,7 +136,7 @@ def test_get_prices_live_path_with_stubbed_pricing_and_moto(fake_aws_env):
     client, stub = stubbed_pricing({"g6.xlarge": [price_list_entry("g6.xlarge", "0.8048")],
                                     "g6.12xlarge": [price_list_entry("g6.12xlarge", "4.6016")]})
     with mock_aws():
-        table = cost.get_prices(types, "us-east-1", pricing_client=client,
+        table = pricing.get_prices(types, "us-east-1", pricing_client=client,
                                 ec2_client=boto3.client("ec2", region_name="us-east-1"))
     stub.assert_no_pending_responses()
     assert table.source == "live" and "Live AWS prices" in table.message
@@ -149,11 +149,11 @@ def test_get_prices_live_path_with_stubbed_pricing_and_moto(fake_aws_env):
 # ------------------------------------------------------------------------------------------------ fallback
 def test_no_credentials_falls_back_to_snapshot_at_once(no_aws_credentials):
     t0 = time.perf_counter()
-    table = cost.get_prices(["g6.12xlarge"])
+    table = pricing.get_prices(["g6.12xlarge"])
     assert time.perf_counter() - t0 < 5  # "at once": no network attempt, only the snapshot is read
     assert table.source == "snapshot" and "No AWS credentials" in table.message and "snapshot" in table.message
-    with pytest.raises(cost.PriceLookupError, match="aws configure"):
-        cost.get_prices(["g6.12xlarge"], live="live")
+    with pytest.raises(pricing.PriceLookupError, match="aws configure"):
+        pricing.get_prices(["g6.12xlarge"], live="live")
 
 
 def test_unreachable_aws_falls_back_within_seconds_and_keeps_secrets_out(fake_aws_env, monkeypatch):
@@ -163,18 +163,18 @@ def test_unreachable_aws_falls_back_within_seconds_and_keeps_secrets_out(fake_aw
     monkeypatch.setenv("AWS_ENDPOINT_URL_PRICING", f"http://127.0.0.1:{port}")
     monkeypatch.setenv("AWS_ENDPOINT_URL_EC2", f"http://127.0.0.1:{port}")
     t0 = time.perf_counter()
-    table = cost.get_prices(["g6.12xlarge", "p5.48xlarge"])
-    assert time.perf_counter() - t0 < 2 * (cost.CONNECT_TIMEOUT_S + 1)
+    table = pricing.get_prices(["g6.12xlarge", "p5.48xlarge"])
+    assert time.perf_counter() - t0 < 2 * (pricing.CONNECT_TIMEOUT_S + 1)
     assert table.source == "snapshot" and "failed" in table.message
     assert "test-secret-value-123456" not in table.message
     assert table.frame["on_demand_usd_per_h"].tolist() == pytest.approx([4.6016, 55.04])
-    with pytest.raises(cost.PriceLookupError, match="Live price lookup failed"):
-        cost.get_prices(["g6.12xlarge"], live="live")
+    with pytest.raises(pricing.PriceLookupError, match="Live price lookup failed"):
+        pricing.get_prices(["g6.12xlarge"], live="live")
 
 
 def test_cli_prints_source_and_table(no_aws_credentials, capsys):
-    assert cost.cli(["--snapshot", "--spot", "g6.12xlarge"]) == 0
+    assert pricing.cli(["--snapshot", "--spot", "g6.12xlarge"]) == 0
     out = capsys.readouterr().out
     assert "source: snapshot" in out and "4.602" in out and "use1-az6" in out
-    assert cost.cli(["--live", "g6.12xlarge"]) == 1
+    assert pricing.cli(["--live", "g6.12xlarge"]) == 1
     assert "aws configure" in capsys.readouterr().out

@@ -7,8 +7,8 @@ import math
 import pandas as pd
 import pytest
 
-from smml_lib import costcalc as cc
-from smml_lib import spotcalc as sc
+from smml_lib.cost import calculators as cc
+from smml_lib.cost import spot_economics as sc
 
 
 def test_cost_per_million_tokens_hand_case():
@@ -122,7 +122,7 @@ def test_hours_per_month_convention():
 
 
 def test_idle_waste_on_the_cpu_telemetry_backend():
-    # smml_lib.telemetry's CPU fallback: gpu=None, cpu_percent (100 = one core): [150, 0, 2, 80]
+    # smml_lib.perf.telemetry's CPU fallback: gpu=None, cpu_percent (100 = one core): [150, 0, 2, 80]
     # -> one device, idle share 2/4 = 0.5, mean 58 %: idle 0.5 x 1.00 = 0.50 $/h, unused 0.42 x 1.00 = 0.42 $/h
     tel = pd.DataFrame({"gpu": [None] * 4, "cpu_percent": [150.0, 0.0, 2.0, 80.0]})
     w = cc.idle_waste(tel, 1.0).iloc[0]
@@ -163,7 +163,7 @@ def test_decode_roofline_hand_case():
 
 
 def test_load_inputs_prefers_a_saved_result_and_labels_the_fallback(monkeypatch, tmp_path):
-    from smml_lib.results import save_result
+    from smml_lib.perf.results import save_result
 
     monkeypatch.setenv("SMML_OUTPUT_DIR", str(tmp_path))
     fallback = pd.DataFrame({"tokens_per_s": [1.0]})

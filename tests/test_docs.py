@@ -25,9 +25,9 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from smml_lib import diagrams
-from smml_lib.labs import discover_notebooks
-from smml_lib.paths import repo_root
+from smml_lib.course import diagrams
+from smml_lib.course.runner import discover_notebooks
+from smml_lib.common.paths import repo_root
 
 ROOT = repo_root()
 APPENDIX = ROOT / "APPENDIX.md"
@@ -222,7 +222,7 @@ def test_ci_runs_the_readme_test_command():
 
 def test_documented_param_override_reaches_only_labs_that_declare_it(tmp_path, monkeypatch, capsys):
     """README/INSTRUCTORS: `labs --only 00_ --param model_id=/models/...` (lab 00-1 declares no model_id)."""
-    from smml_lib import labs
+    from smml_lib.course import runner
 
     course = tmp_path / "course"
     (course / "00_Fake").mkdir(parents=True)
@@ -239,24 +239,24 @@ def test_documented_param_override_reaches_only_labs_that_declare_it(tmp_path, m
     seen = {}
 
     def fake_execute(notebook, output, parameters=None, **kwargs):
-        labs.check_parameters(notebook, parameters or {})  # the real, strict check still applies per lab
+        runner.check_parameters(notebook, parameters or {})  # the real, strict check still applies per lab
         seen[notebook.name] = dict(parameters or {})
-        return labs.LabRun(notebook.name, notebook.stem, "passed", 0.0, str(output))
+        return runner.LabRun(notebook.name, notebook.stem, "passed", 0.0, str(output))
 
-    monkeypatch.setattr(labs, "execute_notebook", fake_execute)
-    monkeypatch.setattr(labs, "ensure_kernel", lambda: None)
-    monkeypatch.setattr("smml_lib.report.write_report", lambda *a, **k: tmp_path / "index.html")
-    rc = labs.cli(["--smoke", "--only", "00_", "--param", "model_id=/models/Llama-3.2-1B",
+    monkeypatch.setattr(runner, "execute_notebook", fake_execute)
+    monkeypatch.setattr(runner, "ensure_kernel", lambda: None)
+    monkeypatch.setattr("smml_lib.course.report.write_report", lambda *a, **k: tmp_path / "index.html")
+    rc = runner.cli(["--smoke", "--only", "00_", "--param", "model_id=/models/Llama-3.2-1B",
                    "--out", str(tmp_path / "r")])
     assert rc == 0
     assert seen == {"01_no_model.ipynb": {"mode": "smoke"},
                     "02_model.ipynb": {"mode": "smoke", "model_id": "/models/Llama-3.2-1B"}}
-    assert labs.cli(["--param", "modle_id=/x", "--out", str(tmp_path / "r2")]) == 2
+    assert runner.cli(["--param", "modle_id=/x", "--out", str(tmp_path / "r2")]) == 2
     assert "no selected lab declares the parameter(s) modle_id" in capsys.readouterr().err
 
 
 def test_readme_explains_jupyterlab_kernel_and_first_lab():
-    from smml_lib.kernel import DISPLAY_NAME, KERNEL_NAME
+    from smml_lib.course.jupyter_kernel import DISPLAY_NAME, KERNEL_NAME
 
     text = README.read_text()
     first = LAB_IDS[0]

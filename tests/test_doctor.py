@@ -7,8 +7,8 @@ import os
 import subprocess
 import sys
 
-from smml_lib import credentials
-from smml_lib.doctor import run_doctor
+from smml_lib.common import credentials
+from smml_lib.course.doctor import run_doctor
 
 SECRETS = {"HF_TOKEN": "hf_doctorSECRETtoken987", "AWS_ACCESS_KEY_ID": "AKIADOCTORSECRET42",
            "AWS_SECRET_ACCESS_KEY": "doctorSecretAccessKeyValue/abc123"}

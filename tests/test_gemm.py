@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from smml_lib import anatomy, gemm
-from smml_lib.gemm import GemmShape
+from smml_lib.models import anatomy
+from smml_lib.perf import gemm
+from smml_lib.perf.gemm import GemmShape
 
 
 def test_flops_bytes_and_intensity_by_hand():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from smml_lib import hardware
+from smml_lib.perf import hardware
 
 # Names as torch.cuda.get_device_name reports them -> expected datasheet row.
 TORCH_NAMES = {

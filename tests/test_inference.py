@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from smml_lib import inference, weights
-from smml_lib.anatomy import kv_cache_bytes_per_token
+from smml_lib.models import inference, weights
+from smml_lib.models.anatomy import kv_cache_bytes_per_token
 
 
 def test_hand_loop_matches_generate_with_and_without_cache(tiny_model):

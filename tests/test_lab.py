@@ -7,8 +7,10 @@ import json
 import pandas as pd
 import pytest
 
-from smml_lib import exercises, plots, results
-from smml_lib.lab import LabCheckError, resolve_mode, start_lab
+from smml_lib.common import plots
+from smml_lib.course import exercises
+from smml_lib.perf import results
+from smml_lib.course.lab import LabCheckError, resolve_mode, start_lab
 
 
 def test_modes():

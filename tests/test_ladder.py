@@ -5,9 +5,9 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from smml_lib import anatomy, ladder
-from smml_lib.inference import measure_memory, timed_generate
-from smml_lib.ladder import Rung, StaticDecoder
+from smml_lib.models import anatomy, ladder
+from smml_lib.models.inference import measure_memory, timed_generate
+from smml_lib.models.ladder import Rung, StaticDecoder
 
 CFG = anatomy.preset_config("Llama-3.2-1B")
 
@@ -77,7 +77,7 @@ def test_measure_rung_and_ladder_on_the_tiny_model():
 
 
 def test_batch_sweep_and_knee():
-    from smml_lib.models import load_llama
+    from smml_lib.models.loading import load_llama
 
     model, tok = load_llama("tiny", device="cpu", dtype="fp32")
     sw = ladder.batch_sweep(model, tok, [1, 4], prompt_tokens=8, new_tokens=4, progress=False, copy_gbps=1000.0,
@@ -104,7 +104,7 @@ def test_measured_memory_matches_the_config(tiny_model):
 def test_beside_reference_with_and_without_a_reference(tmp_path, monkeypatch):
     import json
 
-    from smml_lib import results
+    from smml_lib.perf import results
 
     own = pd.DataFrame({"batch_size": [1, 8], "decode_tokens_per_s": [50.0, 380.0]})
     monkeypatch.setattr(results, "reference_dir", lambda: tmp_path)
@@ -123,7 +123,7 @@ def test_beside_reference_with_and_without_a_reference(tmp_path, monkeypatch):
 def test_beside_reference_names_the_model_and_flags_a_twin(tmp_path, monkeypatch):
     import json
 
-    from smml_lib import results
+    from smml_lib.perf import results
 
     monkeypatch.setattr(results, "reference_dir", lambda: tmp_path)
     (tmp_path / "m01_y.json").write_text(json.dumps({
@@ -140,7 +140,7 @@ def test_dtype_rungs_keep_rope_frequencies_in_fp32():
     """model.to(bf16) would round RoPE's inv_freq too; a checkpoint loaded in bf16 keeps it fp32, so must the ladder."""
     import torch
 
-    from smml_lib.models import load_llama
+    from smml_lib.models.loading import load_llama
 
     model, _ = load_llama("tiny", dtype="fp32")
     before = model.model.rotary_emb.inv_freq.clone()

@@ -11,7 +11,7 @@ import time
 import psutil
 import pytest
 
-from smml_lib import launcher
+from smml_lib.distributed import launcher
 
 
 def _no_children_left() -> list:
@@ -23,22 +23,22 @@ def test_torchrun_command_single_and_multi_node(tmp_path):
     cmd = launcher.torchrun_command("train", ["--strategy", "fsdp"], nproc=4, log_dir=str(tmp_path))
     assert cmd[:3] == [sys.executable, "-m", "torch.distributed.run"]
     assert "--standalone" in cmd and cmd[cmd.index("--nproc-per-node") + 1] == "4"
-    assert cmd[cmd.index("-m", 3) + 1] == "smml_lib.worker_train" and cmd[-2:] == ["--strategy", "fsdp"]
+    assert cmd[cmd.index("-m", 3) + 1] == "smml_lib.distributed.workers.train" and cmd[-2:] == ["--strategy", "fsdp"]
     assert cmd[cmd.index("--local-ranks-filter") + 1] == "0"
-    multi = launcher.torchrun_command("worker_collectives", nproc=4, nnodes=2, rdzv_endpoint="10.0.0.1:29500",
+    multi = launcher.torchrun_command("collectives", nproc=4, nnodes=2, rdzv_endpoint="10.0.0.1:29500",
                                       rdzv_id="job42", torchrun="torchrun")
     assert multi[0] == "torchrun" and "--standalone" not in multi
     assert multi[multi.index("--rdzv-endpoint") + 1] == "10.0.0.1:29500"
     assert multi[multi.index("--rdzv-id") + 1] == "job42" and multi[multi.index("--nnodes") + 1] == "2"
     with pytest.raises(ValueError, match="rdzv_endpoint"):
         launcher.torchrun_command("train", nnodes=2)
-    assert launcher.worker_module("smml_lib.worker_tp") == "smml_lib.worker_tp"
+    assert launcher.worker_module("smml_lib.distributed.workers.tp") == "smml_lib.distributed.workers.tp"
     assert launcher.resolve_backend("auto", 2) == "gloo"  # CPU-only test machine
 
 
 def test_crashed_rank_is_named_with_traceback(tmp_path):
     with pytest.raises(launcher.WorkerFailed) as info:
-        launcher.launch("worker_collectives", ["--inject-fault", "crash", "--fault-rank", "1"], nproc=2,
+        launcher.launch("collectives", ["--inject-fault", "crash", "--fault-rank", "1"], nproc=2,
                         timeout_s=120, run_dir=tmp_path, echo=False)
     err = info.value
     assert err.rank == 1
@@ -50,7 +50,7 @@ def test_crashed_rank_is_named_with_traceback(tmp_path):
 def test_hung_rank_is_killed_at_timeout(tmp_path):
     t0 = time.monotonic()
     with pytest.raises(launcher.LaunchTimeout, match="killed"):
-        launcher.launch("worker_collectives", ["--inject-fault", "hang", "--fault-rank", "0"], nproc=2,
+        launcher.launch("collectives", ["--inject-fault", "hang", "--fault-rank", "0"], nproc=2,
                         timeout_s=6, run_dir=tmp_path, echo=False)  # killed whether it hangs or is still starting
     assert time.monotonic() - t0 < 6 + launcher.GRACE_S + 10
     assert _no_children_left() == []
@@ -66,7 +66,7 @@ def test_hung_rank_is_killed_at_timeout(tmp_path):
 
 
 def test_cli_prints_the_command(capsys):
-    assert launcher.cli(["worker_collectives", "--print-command", "--nproc", "4", "--", "--max-bytes", "1G"]) == 0
+    assert launcher.cli(["collectives", "--print-command", "--nproc", "4", "--", "--max-bytes", "1G"]) == 0
     out = capsys.readouterr().out.split()
     assert "--nproc-per-node" in out and out[out.index("--nproc-per-node") + 1] == "4"
-    assert out[-3:] == ["smml_lib.worker_collectives", "--max-bytes", "1G"]
+    assert out[-3:] == ["smml_lib.distributed.workers.collectives", "--max-bytes", "1G"]

@@ -9,7 +9,7 @@ once, in a fresh kernel ("Restart kernel and run all"), with these extra demands
   must find smml_lib and their data from anywhere.
 
 The run uses the explicit kernel "smml" (checked to point at this interpreter) and the parameters CI
-passes (``smml_lib.labs.SMOKE_PARAMETERS``), which every notebook must declare in its ``parameters``
+passes (``smml_lib.course.runner.SMOKE_PARAMETERS``), which every notebook must declare in its ``parameters``
 cell. A notebook passes only if its final ``lab.check`` cell ran and passed.
 """
 
@@ -22,8 +22,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from smml_lib.labs import SMOKE_PARAMETERS, discover_notebooks, execute_notebook, uses_local_cluster
-from smml_lib.paths import output_dir, repo_root
+from smml_lib.course.runner import SMOKE_PARAMETERS, discover_notebooks, execute_notebook, uses_local_cluster
+from smml_lib.common.paths import output_dir, repo_root
 
 NOTEBOOKS = discover_notebooks(include_solutions=True)
 RERUN_TAG = "smml-rerun"

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from smml_lib import plainrun
-from smml_lib.paths import repo_root
+from smml_lib.course import plainrun
+from smml_lib.common.paths import repo_root
 
 
 def _notebook(path: Path, cells: list[tuple[str, str, list[str]]]) -> Path:
@@ -68,12 +68,12 @@ def test_cli_exit_codes(toy, tmp_path, capsys):
 
 
 def test_architecture_twin_has_the_published_shape_and_says_it_is_random(tmp_path):
-    from smml_lib import anatomy, models, tiny
+    from smml_lib.models import anatomy, loading, tiny
 
     small = {"num_hidden_layers": 1, "hidden_size": 128, "intermediate_size": 256, "num_attention_heads": 4,
              "num_key_value_heads": 2, "head_dim": 32, "vocab_size": 2048}
     dest = tiny.build_twin("Llama-3.2-1B", tmp_path / "twin", dtype="fp32", overrides=small)
-    model, tok = models.load_llama(str(dest), dtype="fp32")
+    model, tok = loading.load_llama(str(dest), dtype="fp32")
     cfg = model.config.to_dict()
     published = anatomy.preset_config("Llama-3.2-1B")
     for key in ("tie_word_embeddings", "max_position_embeddings", "rms_norm_eps"):
@@ -108,7 +108,7 @@ def test_gpu_reference_script_dry_run_on_cpu(tmp_path):
 def test_twin_on_cuda_without_a_gpu_says_what_to_do(tmp_path, monkeypatch, capsys):
     import torch
 
-    from smml_lib import tiny
+    from smml_lib.models import tiny
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(SystemExit) as exc:

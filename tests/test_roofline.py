@@ -7,8 +7,9 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 
-from smml_lib import anatomy, gemm, roofline
-from smml_lib.roofline import Roof
+from smml_lib.models import anatomy
+from smml_lib.perf import gemm, roofline
+from smml_lib.perf.roofline import Roof
 
 
 def test_ridge_and_attainable_by_hand():

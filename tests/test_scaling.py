@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from smml_lib import scaling
-from smml_lib.anatomy import preset_config
+from smml_lib.models import scaling
+from smml_lib.models.anatomy import preset_config
 
 
 def test_six_n_d():

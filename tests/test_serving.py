@@ -17,9 +17,9 @@ import psutil
 import pytest
 from httpx_sse import connect_sse
 
-from smml_lib import inference
-from smml_lib.serving import start_server
-from smml_lib.serving_process import ServerStartError
+from smml_lib.models import inference
+from smml_lib.serving.server import start_server
+from smml_lib.serving.process import ServerStartError
 
 PROMPT = "The scheduler admits a new request"
 
@@ -74,7 +74,7 @@ def test_completion_has_openai_shape(server):
 def server_tokenizer():
     from transformers import AutoTokenizer
 
-    from smml_lib.tiny import tiny_llama_path
+    from smml_lib.models.tiny import tiny_llama_path
 
     return AutoTokenizer.from_pretrained(tiny_llama_path())
 
@@ -196,8 +196,8 @@ def test_non_streaming_client_that_disconnects_frees_its_slot(one_slot_server):
 @pytest.mark.parametrize("scheduler", ["continuous", "static"])
 def test_batched_greedy_outputs_equal_solo_outputs(tiny_model, scheduler):
     """Requests that join and leave a running batch produce exactly the tokens they produce alone."""
-    from smml_lib.kvbatch import Sequence
-    from smml_lib.schedulers import make_scheduler
+    from smml_lib.serving.kvbatch import Sequence
+    from smml_lib.serving.schedulers import make_scheduler
 
     model, tok = tiny_model
     prompts = [f"Request {i}: " + "tokens and padding " * (i % 5) + "end" for i in range(10)]
@@ -238,7 +238,7 @@ def test_http_outputs_under_concurrency_equal_solo_outputs(server, tiny_model):
 
 def test_two_hundred_requests_at_concurrency_32_none_lost():
     """A small version of the 1,000-request soak: every request is answered 200 or 429, the books balance."""
-    from smml_lib import loadgen
+    from smml_lib.serving import loadgen
 
     with start_server("tiny", in_process=True, scheduler="continuous", max_batch=8, max_queue=8) as s:
         spec = loadgen.LoadSpec("tiny", loadgen.make_prompts(16), max_tokens=4, ignore_eos=True)
@@ -270,7 +270,7 @@ def test_subprocess_server_exits_when_the_process_that_started_it_is_killed():
     import subprocess
     import sys
 
-    script = ("import time; from smml_lib.serving import start_server; "
+    script = ("import time; from smml_lib.serving.server import start_server; "
               "s = start_server('tiny', max_batch=2); print(s.pid, flush=True); time.sleep(300)")
     parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     try:
@@ -307,8 +307,8 @@ def test_variants_serve_the_same_weights_under_several_schedulers():
 
 
 def test_variant_settings_are_checked():
-    from smml_lib.serving import build_service
-    from smml_lib.serving_process import _variants
+    from smml_lib.serving.server import build_service
+    from smml_lib.serving.process import _variants
 
     assert _variants(['b1={"scheduler": "static", "max_batch": 1}', "plain"]) == {
         "b1": {"scheduler": "static", "max_batch": 1}, "plain": {}}

@@ -1,4 +1,4 @@
-"""Module 03's lab helpers (``smml_lib.multinode``) on hand-made job folders: fast, no cluster, no torch run."""
+"""Module 03's lab helpers (``smml_lib.cluster.multinode``) on hand-made job folders: fast, no cluster, no torch run."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from smml_lib import multinode, slurm
-from smml_lib.lab import Lab
+from smml_lib.cluster import jobs, multinode
+from smml_lib.course.lab import Lab
 
 
 class _Lab(Lab):
@@ -49,13 +49,13 @@ def test_jobs_follow_the_mode():
     assert job.gpus_per_node == 4 and job.exclusive and "--resume" in job.args and "fsdp" in job.args and "bf16" in job.args
     assert "$SMML_RUN_DIR/ckpt" in job.args  # expanded by the job script's shell on the node
     coll = multinode.collectives_job(smoke, "c", nodes=1, nproc_per_node=2)
-    assert coll.worker == "worker_collectives" and coll.gpus_per_node == 0 and coll.world_size == 2
+    assert coll.worker == "collectives" and coll.gpus_per_node == 0 and coll.world_size == 2
 
 
 def test_summaries_join_the_attempts_of_a_requeued_job(tmp_path):
-    straight = slurm.JobRun("1", tmp_path / "a", tmp_path / "a" / "job.sbatch")
+    straight = jobs.JobRun("1", tmp_path / "a", tmp_path / "a" / "job.sbatch")
     _write_rows(straight.run_dir, [_train_row(0, 1, [4.0, 3.0, 2.0, 1.0]), _train_row(1, 1, [4.0, 3.0, 2.0, 1.0])])
-    resumed = slurm.JobRun("2", tmp_path / "b", tmp_path / "b" / "job.sbatch", restarts=1)
+    resumed = jobs.JobRun("2", tmp_path / "b", tmp_path / "b" / "job.sbatch", restarts=1)
     _write_rows(resumed.run_dir / "attempt0", [_train_row(0, 1, [4.0, 3.0], stopped_early=True)])
     _write_rows(resumed.run_dir, [_train_row(0, 3, [2.0, 1.0])])
     losses = multinode.losses_frame({"straight": straight, "resumed": resumed})
@@ -68,7 +68,7 @@ def test_summaries_join_the_attempts_of_a_requeued_job(tmp_path):
 
 
 def test_timeline_accounting_and_plot(tmp_path):
-    run = slurm.JobRun("3", tmp_path, tmp_path / "job.sbatch", timeline=[
+    run = jobs.JobRun("3", tmp_path, tmp_path / "job.sbatch", timeline=[
         {"t_s": 0.0, "state": "PENDING"}, {"t_s": 1.5, "state": "RUNNING"}, {"t_s": 9.0, "state": "PENDING"},
         {"t_s": 10.0, "state": "RUNNING"}, {"t_s": 20.0, "state": "COMPLETED"}])
     assert run.seconds_in("PENDING") == pytest.approx(2.5) and run.elapsed_s == 20.0

@@ -15,7 +15,7 @@ import urllib.request
 
 import pytest
 
-from smml_lib import imds, spot
+from smml_lib.cost import metadata_service, spot_drill
 
 
 def _get(url: str, headers: dict | None = None) -> tuple[int, str]:
@@ -27,7 +27,7 @@ def _get(url: str, headers: dict | None = None) -> tuple[int, str]:
 
 
 def _put_token(base: str, ttl: str) -> tuple[int, str]:
-    req = urllib.request.Request(base + imds.TOKEN_PATH, method="PUT",
+    req = urllib.request.Request(base + metadata_service.TOKEN_PATH, method="PUT",
                                  headers={"X-aws-ec2-metadata-token-ttl-seconds": ttl})
     try:
         with urllib.request.urlopen(req, timeout=2) as r:
@@ -37,24 +37,24 @@ def _put_token(base: str, ttl: str) -> tuple[int, str]:
 
 
 def test_notice_server_answers_like_the_metadata_service():
-    with imds.NoticeServer() as server:
-        assert server.url.startswith("http://127.0.0.1:") and server.url.endswith(imds.INSTANCE_ACTION_PATH)
-        assert _get(server.url)[0] == 404 and imds.get_notice(server.url) is None
+    with metadata_service.NoticeServer() as server:
+        assert server.url.startswith("http://127.0.0.1:") and server.url.endswith(metadata_service.INSTANCE_ACTION_PATH)
+        assert _get(server.url)[0] == 404 and metadata_service.get_notice(server.url) is None
         assert _get(server.base_url + "/latest/meta-data/other")[0] == 404
         before = dt.datetime.now(dt.timezone.utc)
         posted = server.interrupt(notice_s=120)
         status, body = _get(server.url)
-        assert status == 200 and json.loads(body) == posted == imds.get_notice(server.url)
+        assert status == 200 and json.loads(body) == posted == metadata_service.get_notice(server.url)
         assert posted["action"] == "terminate"
         when = dt.datetime.strptime(posted["time"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.timezone.utc)
         assert 118 <= (when - before).total_seconds() <= 122  # "two minutes from now", to the second
         assert server.polls == 4 and server.first_seen_at >= server.posted_at
         server.clear()
-        assert imds.get_notice(server.url) is None
+        assert metadata_service.get_notice(server.url) is None
 
 
 def test_notice_server_imdsv2_tokens():
-    with imds.NoticeServer(require_token=True) as server:
+    with metadata_service.NoticeServer(require_token=True) as server:
         assert _get(server.url)[0] == 401  # no token
         assert _put_token(server.base_url, "0")[0] == 400 and _put_token(server.base_url, "x")[0] == 400
         status, token = _put_token(server.base_url, "21600")
@@ -67,9 +67,9 @@ def test_notice_server_imdsv2_tokens():
 
 def test_worker_notice_poller_sees_the_notice(monkeypatch):
     """Module 02's stop flag (the one the training worker uses) against our server, IMDSv2 included."""
-    from smml_lib.checkpoint import StopRequest
+    from smml_lib.checkpoint.sharded import StopRequest
 
-    with imds.NoticeServer(require_token=True) as server:
+    with metadata_service.NoticeServer(require_token=True) as server:
         stop = StopRequest().watch_notice_url(server.url, poll_s=0.05, imdsv2=True)
         time.sleep(0.3)
         assert not stop.requested and server.polls >= 2
@@ -82,17 +82,17 @@ def test_worker_notice_poller_sees_the_notice(monkeypatch):
 
 def test_drill_config_is_checked():
     with pytest.raises(ValueError, match="below max_steps"):
-        spot.run_drill(spot.DrillConfig(max_steps=4, interrupt_after_step=4))
+        spot_drill.run_drill(spot_drill.DrillConfig(max_steps=4, interrupt_after_step=4))
     with pytest.raises(ValueError, match="poll intervals"):
-        spot.run_drill(spot.DrillConfig(notice_window_s=1, poll_s=0.5))
+        spot_drill.run_drill(spot_drill.DrillConfig(notice_window_s=1, poll_s=0.5))
 
 
 @pytest.mark.slow
 def test_drill_loses_nothing_with_notice_and_at_most_the_steps_since_checkpoint_when_killed(tmp_path):
     # interrupt right after step 5: the notice run stops a step or two later; the kill lands before step 8's save
-    cfg = spot.DrillConfig(max_steps=10, checkpoint_every=4, interrupt_after_step=5, echo=False,
+    cfg = spot_drill.DrillConfig(max_steps=10, checkpoint_every=4, interrupt_after_step=5, echo=False,
                            workdir=str(tmp_path), timeout_s=300)
-    report = spot.run_drill(cfg, scenarios=("notice", "kill"))
+    report = spot_drill.run_drill(cfg, scenarios=("notice", "kill"))
     notice, kill = report.row("notice"), report.row("kill")
     # with the notice: it checkpoints at the step it stops after, inside the window, and loses nothing
     assert notice["stopped_cleanly"] and notice["steps_lost"] == 0

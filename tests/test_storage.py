@@ -2,7 +2,7 @@
 
 The S3 server is moto's server mode on 127.0.0.1 (a free port), started and stopped by a fixture; boto3
 talks to it exactly as it would to AWS. The checkpoints are real ``torch.distributed.checkpoint`` folders
-written by ``smml_lib.checkpoint``.
+written by ``smml_lib.checkpoint.sharded``.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from smml_lib import storage
+from smml_lib.checkpoint import storage
 
 pytestmark = pytest.mark.filterwarnings("ignore:torch.distributed is disabled:UserWarning")
 
@@ -25,11 +25,11 @@ def s3():
 
 
 def _dcp_checkpoint(root, step=3):
-    """A real single-process DCP checkpoint of a small model + Adam state via smml_lib.checkpoint."""
+    """A real single-process DCP checkpoint of a small model + Adam state via smml_lib.checkpoint.sharded."""
     import torch
 
-    from smml_lib.checkpoint import save_checkpoint
-    from smml_lib.dist import DistEnv
+    from smml_lib.checkpoint.sharded import save_checkpoint
+    from smml_lib.distributed.runtime import DistEnv
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 8))
@@ -44,7 +44,7 @@ def _dcp_checkpoint(root, step=3):
 def test_checkpoint_round_trip_through_s3(s3, tmp_path):
     import torch
 
-    from smml_lib.checkpoint import latest_checkpoint, load_checkpoint
+    from smml_lib.checkpoint.sharded import latest_checkpoint, load_checkpoint
 
     model, _, env, info = _dcp_checkpoint(tmp_path / "ckpt")
     url = s3.url("run-a", info.path.name)
@@ -104,7 +104,7 @@ def test_errors_are_clear_and_fast(s3, tmp_path, monkeypatch):
 
 
 def test_load_llama_from_an_s3_model_id(s3, tiny_path, tmp_path, monkeypatch):
-    from smml_lib.models import ModelLoadError, load_llama
+    from smml_lib.models.loading import ModelLoadError, load_llama
 
     monkeypatch.setenv("SMML_CACHE", str(tmp_path / "cache"))
     storage.upload_folder(tiny_path, s3.url("models", "tiny-llama"), client=s3.client(), progress=False)
@@ -119,16 +119,16 @@ def test_load_llama_from_an_s3_model_id(s3, tiny_path, tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_training_resumed_from_an_s3_checkpoint_continues_with_the_same_losses(s3, tmp_path):
     """DDP on 2 processes: 4 steps straight vs 2 steps, checkpoint -> S3 -> fresh folder -> resume to 4."""
-    from smml_lib.launcher import launch
+    from smml_lib.distributed.launcher import launch
 
     args = ["--strategy", "ddp", "--max-steps", "4", "--seq-len", "32", "--global-batch", "4", "--warmup-steps", "0",
             "--checkpoint-every", "2", "--keep-last", "3", "--no-measure-memory"]
-    full = launch("worker_train", [*args, "--checkpoint-dir", str(tmp_path / "a")], nproc=2, echo=False,
+    full = launch("train", [*args, "--checkpoint-dir", str(tmp_path / "a")], nproc=2, echo=False,
                   run_dir=tmp_path / "run-a", timeout_s=300)
     url = s3.url("train", "step_00000002")
     storage.upload_folder(tmp_path / "a" / "step_00000002", url, client=s3.client(), progress=False)
     storage.download_prefix(url, tmp_path / "b" / "step_00000002", client=s3.client(), progress=False)
-    resumed = launch("worker_train", [*args, "--checkpoint-dir", str(tmp_path / "b"), "--resume"], nproc=2,
+    resumed = launch("train", [*args, "--checkpoint-dir", str(tmp_path / "b"), "--resume"], nproc=2,
                      echo=False, run_dir=tmp_path / "run-b", timeout_s=300)
     a, b = full[full["rank"] == 0].iloc[0], resumed[resumed["rank"] == 0].iloc[0]
     assert b["resumed_from_step"] == 2 and b["first_step"] == 3

@@ -8,7 +8,7 @@ import types
 
 import pytest
 
-from smml_lib import nvml, telemetry, telemetry_backends
+from smml_lib.perf import nvml, telemetry, telemetry_backends
 
 
 class NVMLError(Exception):

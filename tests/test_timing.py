@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from smml_lib import timing
-from smml_lib.timing import Timing, benchmark, steady_call_s, stopwatch, timings_frame
+from smml_lib.perf import timing
+from smml_lib.perf.timing import Timing, benchmark, steady_call_s, stopwatch, timings_frame
 
 
 def _t(samples, **kw) -> Timing:

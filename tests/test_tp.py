@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from smml_lib.launcher import launch
+from smml_lib.distributed.launcher import launch
 
 
 def test_tensor_parallel_forward_matches_unsharded(tmp_path):
-    df = launch("worker_tp", ["--batch", "2", "--seq-len", "16", "--iters", "1"], nproc=2, timeout_s=180,
+    df = launch("tp", ["--batch", "2", "--seq-len", "16", "--iters", "1"], nproc=2, timeout_s=180,
                 run_dir=tmp_path, echo=False)
     assert len(df) == 2
     for _, row in df.iterrows():

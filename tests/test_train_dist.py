@@ -22,9 +22,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import torch
 
-from smml_lib import checkpoint as ckpt
-from smml_lib import worker_train
-from smml_lib.launcher import launch, start
+from smml_lib.checkpoint import sharded as ckpt
+from smml_lib.distributed.workers import train
+from smml_lib.distributed.launcher import launch, start
 
 LR = 1e-3
 COMMON = ["--max-steps", "4", "--lr", str(LR), "--global-batch", "4", "--seq-len", "32", "--warmup-steps", "0",
@@ -44,11 +44,11 @@ def reference(tmp_path_factory):
     """Single process in-process; DDP + FSDP in one 2-rank launch with a checkpoint after step 2."""
     root = tmp_path_factory.mktemp("train")
     single_dir = root / "single"
-    assert worker_train.main(COMMON + ["--strategy", "single", "--run-dir", str(single_dir)]) == 0
+    assert train.main(COMMON + ["--strategy", "single", "--run-dir", str(single_dir)]) == 0
     single = json.loads((single_dir / "results" / "rank0000-train-single.json").read_text())[0]
     dist_dir = root / "dist"
     # micro-batch 1: each rank accumulates gradients over its 2 sequences (the single run does all 4 at once)
-    df = launch("worker_train", COMMON + ["--strategy", "ddp,fsdp", "--micro-batch", "1", "--checkpoint-dir",
+    df = launch("train", COMMON + ["--strategy", "ddp,fsdp", "--micro-batch", "1", "--checkpoint-dir",
                                           str(root / "ckpt"), "--checkpoint-every", "2"], nproc=2, timeout_s=300,
                 run_dir=dist_dir, echo=False)
     return {"root": root, "single": single, "single_params": _params(single_dir, "single"), "df": df,
@@ -75,7 +75,7 @@ def test_resume_is_exact(reference):
     for s in ("ddp", "fsdp"):  # start from the step-2 checkpoints of the reference run
         shutil.copytree(root / "ckpt" / s / "step_00000002", root / "resume" / s / "step_00000002")
     out = root / "resumed"
-    df = launch("worker_train", COMMON + ["--strategy", "ddp,fsdp", "--micro-batch", "1", "--checkpoint-dir",
+    df = launch("train", COMMON + ["--strategy", "ddp,fsdp", "--micro-batch", "1", "--checkpoint-dir",
                                           str(root / "resume"), "--resume"], nproc=2, timeout_s=300, run_dir=out,
                 echo=False)
     for s in ("ddp", "fsdp"):
@@ -112,7 +112,7 @@ def test_sigterm_stops_with_checkpoint_then_resume_is_exact(reference, tmp_path)
     url = f"http://127.0.0.1:{server.server_address[1]}/latest/meta-data/spot/instance-action"
     args = COMMON + ["--strategy", "ddp", "--micro-batch", "1", "--checkpoint-dir", str(tmp_path / "ck"), "--notice-url", url,
                      "--notice-poll-s", "0.2"]
-    job = start("worker_train", args, nproc=2, timeout_s=300, run_dir=tmp_path / "stopped", echo=False)
+    job = start("train", args, nproc=2, timeout_s=300, run_dir=tmp_path / "stopped", echo=False)
     while job.proc.poll() is None and not any("step    1/4" in line for line in job.tail):
         job._pump(0.1)
     job.stop()  # SIGTERM to torchrun, which forwards it to both ranks
@@ -122,7 +122,7 @@ def test_sigterm_stops_with_checkpoint_then_resume_is_exact(reference, tmp_path)
     assert (df["last_step"] == last).all() and (df["steps_since_checkpoint"] == 0).all()
     assert "SIGTERM" in " ".join(df["stop_reason"]) and ckpt.latest_checkpoint(tmp_path / "ck").name == f"step_{last:08d}"
     # resume while the notice endpoint answers 404: the poller runs, nothing stops the job
-    resumed = launch("worker_train", args + ["--resume"], nproc=2, timeout_s=300, run_dir=tmp_path / "resumed",
+    resumed = launch("train", args + ["--resume"], nproc=2, timeout_s=300, run_dir=tmp_path / "resumed",
                      echo=False)
     row, ref = _rank0(resumed, "ddp"), _rank0(reference["df"], "ddp")
     assert row["resumed_from_step"] == last and not row["stopped_early"]

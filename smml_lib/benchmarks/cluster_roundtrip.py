@@ -1,7 +1,7 @@
 """Local Slurm cluster round trip: up -> a 2-node torchrun job finished -> down (target < 90 s on CI).
 
 Issue 5's target: starting the local two-node cluster, running a real 2-node ``torchrun`` job through
-``sbatch`` (``smml_lib.worker_hello``: rendezvous, gloo process group, one all-reduce across the nodes) and
+``sbatch`` (``smml_lib.distributed.workers.hello``: rendezvous, gloo process group, one all-reduce across the nodes) and
 stopping everything again takes under 90 s on the 2-core CI machine. Needs root and the Slurm packages;
 without them it says why and exits 2 (nothing measured). A cluster that is already running is stopped
 first so that "up" is measured from nothing.
@@ -19,32 +19,32 @@ TARGET_S = 90.0
 
 
 def main(argv: list[str]) -> int:
-    from smml_lib import cluster, slurm
+    from smml_lib.cluster import jobs, local_cluster
 
     p = argparse.ArgumentParser(prog="smml bench cluster_roundtrip", description=__doc__.splitlines()[0])
     p.add_argument("--nproc-per-node", type=int, default=1, help="torchrun processes per node")
     p.add_argument("--repeats", type=int, default=1)
     a = p.parse_args(argv)
-    problems = cluster.preflight()
+    problems = local_cluster.preflight()
     if problems:
         print("cannot measure: " + "; ".join(problems))
         return 2
-    cluster.down()
+    local_cluster.down()
     totals = []
     for i in range(a.repeats):
         t0 = time.monotonic()
-        c = cluster.up()
+        c = local_cluster.up()
         t_up = time.monotonic() - t0
         try:
-            job = slurm.TorchrunJob("worker_hello", nodes=2, nproc_per_node=a.nproc_per_node, name="roundtrip")
-            run = slurm.submit_and_follow(job, c, timeout_s=300, echo=False)
+            job = jobs.TorchrunJob("hello", nodes=2, nproc_per_node=a.nproc_per_node, name="roundtrip")
+            run = jobs.submit_and_follow(job, c, timeout_s=300, echo=False)
             t_job = time.monotonic() - t0 - t_up
             df = run.results()
             ok = len(df) == job.world_size and bool((df["allreduce_sum"] == df["expected_sum"]).all()) \
                 and df["node"].nunique() == 2
         finally:
             t1 = time.monotonic()
-            report = cluster.down()
+            report = local_cluster.down()
             t_down = time.monotonic() - t1
         total = time.monotonic() - t0
         totals.append(total)

@@ -32,7 +32,8 @@ def main(argv: list[str]) -> int:
     import pandas as pd
     import torch
 
-    from smml_lib import hardware, ladder
+    from smml_lib.models import ladder
+    from smml_lib.perf import hardware
 
     gpu = torch.cuda.is_available()
     dev = hardware.default_device()

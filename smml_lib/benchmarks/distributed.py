@@ -18,11 +18,11 @@ def main(argv: list[str]) -> int:
 
     import torch
 
-    from smml_lib import distlab
-    from smml_lib import worker_collectives as wc
-    from smml_lib.launcher import default_nproc, launch
-    from smml_lib.paths import reference_dir
-    from smml_lib.results import save_result
+    from smml_lib.distributed import analysis
+    from smml_lib.distributed.workers import collectives as wc
+    from smml_lib.distributed.launcher import default_nproc, launch
+    from smml_lib.common.paths import reference_dir
+    from smml_lib.perf.results import save_result
 
     gpu = torch.cuda.is_available()
     p = argparse.ArgumentParser(prog="smml bench distributed", description=__doc__.splitlines()[0])
@@ -33,7 +33,7 @@ def main(argv: list[str]) -> int:
     args = p.parse_args(argv)
     nproc = args.nproc or default_nproc()
 
-    coll = launch("worker_collectives", ["--max-bytes", args.max_bytes, "--iters", "20" if gpu else "5"], nproc=nproc,
+    coll = launch("collectives", ["--max-bytes", args.max_bytes, "--iters", "20" if gpu else "5"], nproc=nproc,
                   echo=False, timeout_s=1800)
     bw = wc.summarize(coll)
     print(f"collectives: {nproc} x {bw['device_name'].iloc[0]} ({bw['backend'].iloc[0]})")
@@ -45,9 +45,9 @@ def main(argv: list[str]) -> int:
     train_args = (["--model", "preset:Llama-3.2-1B", "--layers", "8", "--precision", "bf16", "--seq-len", "1024",
                    "--global-batch", "8", "--micro-batch", "2", "--warmup-steps", "3"] if gpu else
                   ["--model", "tiny", "--seq-len", "64", "--global-batch", "8"])
-    df = launch("worker_train", train_args + ["--strategy", "single", "--max-steps", str(args.steps)], nproc=1,
+    df = launch("train", train_args + ["--strategy", "single", "--max-steps", str(args.steps)], nproc=1,
                 echo=False, timeout_s=1800)
-    s = distlab.summarize_training(df)
+    s = analysis.summarize_training(df)
     r = s.iloc[0]
     mfu = f"{100 * r['mfu']:.1f} %" if r["mfu"] == r["mfu"] and r["mfu"] is not None else "n/a (no datasheet peak)"
     print(f"training, 1 process on {r['device_name']}: {r['model']} ({r['params'] / 1e6:.0f} M params), "

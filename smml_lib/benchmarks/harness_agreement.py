@@ -22,7 +22,7 @@ def _cpu(rounds: int, n: int, threads: int | None) -> bool:
     import torch
     import torch.utils.benchmark as tb
 
-    from smml_lib.timing import benchmark
+    from smml_lib.perf.timing import benchmark
 
     if threads:
         torch.set_num_threads(threads)
@@ -41,7 +41,7 @@ def _cpu(rounds: int, n: int, threads: int | None) -> bool:
     diff = abs(o - t) / t
     verdict = "PASS" if diff <= 0.05 else "MISS"
     print(f"CPU {n}³ fp32 matmul, {torch.get_num_threads()} threads, {rounds} interleaved rounds")
-    print(f"  smml_lib.timing.benchmark : {o * 1e3:8.2f} ms ({2 * n**3 / o / 1e9:.1f} GFLOP/s); rounds (ms) {[round(x * 1e3, 1) for x in ours]}")
+    print(f"  smml_lib.perf.timing.benchmark : {o * 1e3:8.2f} ms ({2 * n**3 / o / 1e9:.1f} GFLOP/s); rounds (ms) {[round(x * 1e3, 1) for x in ours]}")
     print(f"  torch.utils.benchmark     : {t * 1e3:8.2f} ms ({2 * n**3 / t / 1e9:.1f} GFLOP/s); rounds (ms) {[round(x * 1e3, 1) for x in theirs]}")
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"  load average {load:.2f} on {os.cpu_count()} cores: other processes inflate both timers alike only if they interleave")
@@ -60,8 +60,8 @@ def _gpu(rounds: int, sizes: list[int]) -> bool:
     except ImportError:
         print("GPU: triton is not installed; skipped the do_bench comparison")
         return True
-    from smml_lib.gemm import gemm_flops, make_gemm
-    from smml_lib.timing import benchmark
+    from smml_lib.perf.gemm import gemm_flops, make_gemm
+    from smml_lib.perf.timing import benchmark
 
     ok = True
     dev = torch.device("cuda:0")

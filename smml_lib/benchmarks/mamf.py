@@ -32,7 +32,7 @@ def main(argv: list[str]) -> int:
 
         torch.set_num_threads(args.threads)
 
-    from smml_lib.gemm import max_achievable_matmul
+    from smml_lib.perf.gemm import max_achievable_matmul
 
     res = max_achievable_matmul(dtype=args.dtype, time_budget_s=args.budget, lo=args.lo, hi=args.hi,
                                 align=args.align, progress=False)

@@ -16,15 +16,15 @@ PRELOAD = ("import torch, transformers; from transformers import AutoModelForCau
            "import transformers.models.llama.modeling_llama, transformers.core_model_loading")
 CASES = {
     "tiny from cache (fresh process, imports included)": (
-        "from smml_lib.models import load_llama; load_llama('tiny')", {}),
+        "from smml_lib.models.loading import load_llama; load_llama('tiny')", {}),
     "tiny from cache (after torch/transformers imports)": (
-        "from smml_lib.models import load_llama; load_llama('tiny')", {"_preload": PRELOAD}),
+        "from smml_lib.models.loading import load_llama; load_llama('tiny')", {"_preload": PRELOAD}),
     "hub id with HF_HUB_OFFLINE=1, not cached": (
-        "from smml_lib.models import load_llama; load_llama('meta-llama/Llama-3.2-1B')", {"HF_HUB_OFFLINE": "1"}),
+        "from smml_lib.models.loading import load_llama; load_llama('meta-llama/Llama-3.2-1B')", {"HF_HUB_OFFLINE": "1"}),
     "hub id, hub unreachable (no network)": (
-        "from smml_lib.models import load_llama; load_llama('meta-llama/Llama-3.2-1B')",
+        "from smml_lib.models.loading import load_llama; load_llama('meta-llama/Llama-3.2-1B')",
         {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9"}),
-    "missing local folder": ("from smml_lib.models import load_llama; load_llama('/nonexistent/llama')", {}),
+    "missing local folder": ("from smml_lib.models.loading import load_llama; load_llama('/nonexistent/llama')", {}),
 }
 TARGETS_S = {"tiny": 2.0, "error": 5.0}
 
@@ -50,7 +50,7 @@ def _run(code: str, env: dict[str, str]) -> dict:
 
 
 def main(argv: list[str]) -> int:
-    from smml_lib.tiny import tiny_llama_path
+    from smml_lib.models.tiny import tiny_llama_path
 
     tiny_llama_path()  # build outside the timing: the target is "from cache"
     for name, (code, env) in CASES.items():
@@ -66,7 +66,7 @@ def main(argv: list[str]) -> int:
             print(f"    -> {r['msg'][:220]}")
     import time
 
-    from smml_lib.models import load_llama
+    from smml_lib.models.loading import load_llama
 
     load_llama("tiny")
     t0 = time.perf_counter()

@@ -31,8 +31,8 @@ def main(argv: list[str]) -> int:
     import pandas as pd
     import torch
 
-    from smml_lib import distlab
-    from smml_lib.launcher import default_nproc, launch
+    from smml_lib.distributed import analysis
+    from smml_lib.distributed.launcher import default_nproc, launch
 
     p = argparse.ArgumentParser(prog="smml bench planner_accuracy", description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="single-process cases only")
@@ -42,10 +42,10 @@ def main(argv: list[str]) -> int:
     nproc = args.nproc or default_nproc()
     rows = []
     for worker_args, n in cases(gpu, nproc, args.quick):
-        df = launch("worker_train", worker_args, nproc=n, echo=False, timeout_s=1800)
+        df = launch("train", worker_args, nproc=n, echo=False, timeout_s=1800)
         model = worker_args[worker_args.index("--model") + 1]
         layers = int(worker_args[worker_args.index("--layers") + 1]) if "--layers" in worker_args else None
-        summary = distlab.with_memory_prediction(distlab.summarize_training(df), distlab.model_config(model, layers))
+        summary = analysis.with_memory_prediction(analysis.summarize_training(df), analysis.model_config(model, layers))
         summary["activation_checkpointing"] = "--activation-checkpointing" in worker_args
         rows.append(summary)
     out = pd.concat(rows, ignore_index=True)

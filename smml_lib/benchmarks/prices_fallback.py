@@ -18,14 +18,14 @@ import tempfile
 SNIPPET = """
 import time, json
 t0 = time.perf_counter()
-from smml_lib.cost import get_prices
+from smml_lib.cost.pricing import get_prices
 t = get_prices()
 print(json.dumps({"s": time.perf_counter() - t0, "source": t.source, "rows": len(t.frame)}))
 """
 
 
 def main(argv: list[str]) -> int:
-    from smml_lib.cost import CONNECT_TIMEOUT_S
+    from smml_lib.cost.pricing import CONNECT_TIMEOUT_S
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

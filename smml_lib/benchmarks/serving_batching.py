@@ -28,8 +28,8 @@ def measure(model: str = "tiny", *, concurrency: int = 16, requests: int = 64, m
     """
     import pandas as pd
 
-    from smml_lib import loadgen
-    from smml_lib.serving import start_server
+    from smml_lib.serving import loadgen
+    from smml_lib.serving.server import start_server
 
     configs = configs or CONFIGS
     variants = {label: {"scheduler": sched, "max_batch": batch} for label, (sched, batch) in configs.items()}
@@ -56,7 +56,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--max-tokens", type=int, default=32)
     p.add_argument("--rounds", type=int, default=3)
     args = p.parse_args(argv)
-    from smml_lib.env import cpu_name, device_name
+    from smml_lib.perf.environment import cpu_name, device_name
 
     print(f"machine: {device_name()} / {cpu_name()}; model {args.model}; concurrency {args.concurrency}; "
           f"{args.requests} requests x {args.max_tokens} tokens per configuration; {args.rounds} rounds")

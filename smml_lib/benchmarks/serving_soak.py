@@ -26,8 +26,8 @@ def soak(model: str = "tiny", *, requests: int = 1000, concurrency: int = 32, ro
     """Run the soak; returns the per-request results, RSS samples and server counters."""
     import pandas as pd
 
-    from smml_lib import loadgen
-    from smml_lib.serving import start_server
+    from smml_lib.serving import loadgen
+    from smml_lib.serving.server import start_server
 
     with start_server(model, scheduler="continuous", max_batch=max_batch, max_queue=max_queue) as server:
         spec = loadgen.LoadSpec(server.model_name, loadgen.make_prompts(64), max_tokens=(4, 32), ignore_eos=True)
@@ -85,7 +85,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--requests", type=int, default=1000)
     p.add_argument("--concurrency", type=int, default=32)
     args = p.parse_args(argv)
-    from smml_lib.env import cpu_name, device_name
+    from smml_lib.perf.environment import cpu_name, device_name
 
     print(f"machine: {device_name()} / {cpu_name()}; model {args.model}; {args.requests} requests at concurrency "
           f"{args.concurrency} (continuous batching, 16 slots, queue 12)")

@@ -12,23 +12,23 @@ import argparse
 
 
 def main(argv: list[str]) -> int:
-    from smml_lib import imds, spot
+    from smml_lib.cost import metadata_service, spot_drill
 
     p = argparse.ArgumentParser(prog="smml bench spot_drill", description=__doc__.splitlines()[0])
     p.add_argument("--scenarios", default="notice,sigterm,kill")
     p.add_argument("--real", action="store_true", help="GPU sizes (as Lab 04-3 in real mode)")
     p.add_argument("--nproc", type=int, default=None)
     args = p.parse_args(argv)
-    cfg = spot.DrillConfig(nproc=args.nproc, echo=False)
+    cfg = spot_drill.DrillConfig(nproc=args.nproc, echo=False)
     if args.real:
-        cfg = spot.DrillConfig(max_steps=40, checkpoint_every=10, interrupt_after_step=25,
-                               notice_window_s=imds.AWS_NOTICE_S, poll_s=imds.AWS_POLL_S, strategy="fsdp",
+        cfg = spot_drill.DrillConfig(max_steps=40, checkpoint_every=10, interrupt_after_step=25,
+                               notice_window_s=metadata_service.AWS_NOTICE_S, poll_s=metadata_service.AWS_POLL_S, strategy="fsdp",
                                nproc=args.nproc, echo=False,
                                worker_args=("--model", "preset:Llama-3.2-1B", "--layers", "4", "--seq-len", "512",
                                             "--global-batch", "8", "--precision", "bf16"))
     try:
-        report = spot.run_drill(cfg, [s.strip() for s in args.scenarios.split(",") if s.strip()])
-    except (spot.DrillError, RuntimeError) as exc:
+        report = spot_drill.run_drill(cfg, [s.strip() for s in args.scenarios.split(",") if s.strip()])
+    except (spot_drill.DrillError, RuntimeError) as exc:
         print(f"spot_drill: could not run the drill: {exc}")
         return 1
     print(f"baseline: {cfg.max_steps} steps in {report.baseline_wall_s:.1f} s (step {report.baseline_step_s:.3f} s, "

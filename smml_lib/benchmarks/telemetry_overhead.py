@@ -32,7 +32,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--hz", type=float, default=10.0)
     p.add_argument("--pcie-interval", type=float, default=1.0, help="s between PCIe reads (NVML; inf = never)")
     args = p.parse_args(argv)
-    from smml_lib.telemetry import Sampler
+    from smml_lib.perf.telemetry import Sampler
 
     c0 = _process_cpu_s()
     time.sleep(args.seconds)

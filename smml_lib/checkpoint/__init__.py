@@ -1,0 +1,1 @@
+"""checkpoint: sharded training checkpoints, the cooperative stop, and S3 / local targets."""

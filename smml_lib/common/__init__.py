@@ -1,0 +1,1 @@
+"""common: the plumbing every other package uses (paths, notebook display, plots, secrets)."""

@@ -1,0 +1,1 @@
+"""cost: instance prices, cost calculators, spot economics and the spot interruption drill."""

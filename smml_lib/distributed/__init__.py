@@ -1,0 +1,1 @@
+"""distributed: torchrun jobs (launcher, process-group runtime, batches) and their analysis."""

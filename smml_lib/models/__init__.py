@@ -1,0 +1,1 @@
+"""models: Llama checkpoints, their anatomy, inference and memory predictions."""

@@ -1,0 +1,91 @@
+"""The environment a measurement was taken in, recorded with every result.
+
+A number without its environment cannot be compared: "120 TFLOP/s" means little until you know
+it was bf16 on an L4 with driver 550 and torch 2.6 at a 2040 MHz SM clock. ``environment()``
+returns that record as a flat dict; the timing harness attaches it to each result.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+import subprocess
+from functools import lru_cache
+from typing import Any
+
+from smml_lib import __version__
+from smml_lib.perf import nvml
+
+
+@lru_cache(maxsize=1)
+def _git_commit() -> str | None:
+    try:
+        from smml_lib.common.paths import repo_root
+
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo_root(), capture_output=True,
+                             text=True, timeout=5)
+        return out.stdout.strip() or None
+    except Exception:
+        return None
+
+
+@lru_cache(maxsize=1)
+def cpu_name() -> str:
+    """The CPU model name from /proc/cpuinfo (falls back to ``platform.processor()``)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def device_name(device: Any = None) -> str:
+    """Human name of a torch device: the GPU's name on CUDA, the CPU model otherwise."""
+    import torch
+
+    dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if dev.type == "cuda":
+        return torch.cuda.get_device_name(dev)
+    return cpu_name()
+
+
+def environment(device: Any = None, dtype: Any = None) -> dict[str, Any]:
+    """Return a flat record of the software and hardware a result was measured on.
+
+    Args:
+        device: the torch device measured (default: the first GPU, else the CPU).
+        dtype: the data type measured, if any.
+    """
+    import torch
+
+    dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    rec: dict[str, Any] = {
+        "timestamp_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "device": str(dev),
+        "device_name": device_name(dev),
+        "dtype": str(dtype).replace("torch.", "") if dtype is not None else None,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "python": platform.python_version(),
+        "smml_lib": __version__,
+        "git_commit": _git_commit(),
+        "cpu": cpu_name(),
+        "cpu_threads": torch.get_num_threads(),
+        "host_cpus": os.cpu_count(),
+    }
+    try:
+        import transformers
+
+        rec["transformers"] = transformers.__version__
+    except ImportError:
+        pass
+    if dev.type == "cuda":
+        index = dev.index if dev.index is not None else torch.cuda.current_device()
+        rec["driver"] = nvml.driver_version()
+        rec["gpu_count"] = torch.cuda.device_count()
+        rec.update(nvml.clocks_mhz(index))
+    return rec

@@ -1,0 +1,1 @@
+"""serving: an OpenAI-compatible inference server with batching, and its load generator."""

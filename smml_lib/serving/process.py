@@ -1,0 +1,356 @@
+"""Start and stop the completion server from a notebook or a test, and the ``smml serve`` command.
+
+    from smml_lib.serving.server import start_server
+    with start_server("tiny", scheduler="continuous", max_batch=16) as server:   # waits until /health answers
+        print(server.url, server.health()["running"])
+    # leaving the block stops the server: no process is left behind
+
+By default the server runs in a **subprocess** (its own Python, its own GIL: a load generator in the notebook
+does not slow it down), logging to ``<outputs>/logs/``. ``in_process=True`` runs it in a thread of this
+process instead (starts in a fraction of a second: handy in tests). Either way ``start_server`` returns only
+once the server answers ``/health``, or raises ``ServerStartError`` with the end of the server's log.
+
+No orphans: ``stop()`` sends SIGTERM (uvicorn shuts down gracefully) and SIGKILL after a timeout; servers
+still running when Python exits are stopped by an ``atexit`` hook; and the subprocess watches the process that
+started it and exits when that one is gone (a crashed or killed notebook kernel).
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+_LIVE: "set[ServerHandle]" = set()
+_BY_CONFIG: "dict[str, ServerHandle]" = {}  # for start_server(..., reuse=True)
+
+
+class ServerStartError(RuntimeError):
+    """The server did not come up; the message holds the reason and the end of its log."""
+
+
+@dataclass(eq=False)
+class ServerHandle:
+    """A running server: its URL, model name and process id, with ``health()``, ``rss_bytes()`` and ``stop()``."""
+
+    url: str
+    model_name: str
+    scheduler: str
+    pid: int
+    log_path: Path | None = None
+    process: Any = field(default=None, repr=False)  # subprocess.Popen, or None when in-process
+    server: Any = field(default=None, repr=False)  # uvicorn.Server when in-process
+    thread: Any = field(default=None, repr=False)
+    ready_file: Path | None = field(default=None, repr=False)  # the subprocess writes its URL here when listening
+    deadline: float = field(default=0.0, repr=False)
+    models: list[str] = field(default_factory=list)  # every served model name (variants), the default first
+
+    def wait_ready(self) -> "ServerHandle":
+        """Block until the server answers ``/health`` (for ``start_server(..., wait=False)``). Returns self."""
+        proc, ready = self.process, self.ready_file
+        if proc is None or ready is None or self.url:
+            return self
+        try:
+            while not ready.exists():
+                if proc.poll() is not None:
+                    raise ServerStartError(f"the server exited with code {proc.returncode} during start-up:\n"
+                                           f"{self.log_tail()}")
+                if time.perf_counter() > self.deadline:
+                    raise ServerStartError(f"the server was not ready in time:\n{self.log_tail()}")
+                time.sleep(0.05)
+            self.url = ready.read_text().strip()
+            _wait_healthy(self.url, self.deadline, lambda: proc.poll() is None, self.log_tail)
+        except BaseException:
+            self.url = ""
+            self.stop(timeout_s=3.0)
+            raise
+        finally:
+            ready.unlink(missing_ok=True)
+        return self
+
+    @property
+    def base_url(self) -> str:
+        """The OpenAI-style base URL (what ``openai.OpenAI(base_url=...)`` and the load generator take)."""
+        return self.url + "/v1"
+
+    @property
+    def running(self) -> bool:
+        if self.process is not None:
+            return self.process.poll() is None
+        return self.thread is not None and self.thread.is_alive()
+
+    def health(self, timeout_s: float = 5.0) -> dict[str, Any]:
+        import httpx
+
+        return httpx.get(self.url + "/health", timeout=timeout_s).json()
+
+    def rss_bytes(self) -> int:
+        """Resident memory of the server process (this process, when in-process)."""
+        import psutil
+
+        return psutil.Process(self.pid).memory_info().rss
+
+    def log_tail(self, lines: int = 20) -> str:
+        from smml_lib.common.credentials import redact
+
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        return redact("\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:]))
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Shut down gracefully (SIGTERM / should_exit), force after ``timeout_s``. Safe to call twice."""
+        _LIVE.discard(self)
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        if self.server is not None:
+            self.server.should_exit = True
+            if self.thread is not None:
+                self.thread.join(timeout_s)
+
+    def __enter__(self) -> "ServerHandle":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+def _stop_all() -> None:
+    for handle in list(_LIVE):
+        handle.stop(timeout_s=5.0)
+
+
+atexit.register(_stop_all)
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """Bind the listening socket ourselves, so port 0 (any free port) works and we know the port at once."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ServerStartError(f"cannot listen on {host}:{port} ({exc}); pick another port, or port=0 for any "
+                               "free one") from None
+    return sock
+
+
+def _uvicorn_server(app: Any, on_started: Any = None) -> Any:
+    import uvicorn
+
+    class _Server(uvicorn.Server):
+        async def startup(self, sockets: Any = None) -> None:
+            await super().startup(sockets)
+            if self.started and on_started is not None:
+                on_started()
+
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", timeout_graceful_shutdown=3,
+                            timeout_keep_alive=30)
+    return _Server(config)
+
+
+def _wait_healthy(url: str, deadline: float, alive: Any, log: Any) -> None:
+    import httpx
+
+    while time.perf_counter() < deadline:
+        if not alive():
+            raise ServerStartError(f"the server stopped during start-up.\n{log()}")
+        try:
+            if httpx.get(url + "/health", timeout=2.0).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise ServerStartError(f"the server did not answer {url}/health in time.\n{log()}")
+
+
+def start_server(model_id: str = "tiny", *, scheduler: str = "continuous", max_batch: int = 16, max_queue: int = 64,
+                 max_wait_ms: float = 20.0, host: str = "127.0.0.1", port: int = 0, in_process: bool = False,
+                 dtype: str = "auto", device: str = "auto", served_model_name: str | None = None,
+                 max_model_len: int | None = None, threads: int | None = None, ready_timeout_s: float = 180.0,
+                 wait: bool = True, variants: dict[str, dict[str, Any]] | None = None,
+                 reuse: bool = False) -> ServerHandle:
+    """Start the completion server and return once it answers ``/health``.
+
+    Args:
+        model_id: ``"tiny"``, a local checkpoint folder or a hub id (see ``load_llama``).
+        scheduler: ``"static"`` or ``"continuous"``; ``max_batch`` slots, ``max_queue`` waiting sequences.
+        max_wait_ms: static batching only: how long a batch may wait to fill up after its first request.
+        host, port: where to listen (loopback by default; port 0 = any free port).
+        in_process: run in a thread of this process instead of a subprocess.
+        threads: torch CPU threads in the server (default: 1 for a subprocess on the CPU; in-process: unchanged).
+        wait: return only once the server answers (default); with False, call ``handle.wait_ready()`` later,
+            so several servers can start at the same time.
+        variants: serve the weights under several names with different scheduler settings (one process, one
+            copy of the weights), e.g. ``{"batch-1": {"scheduler": "static", "max_batch": 1}}``; see
+            ``serving.build_service``.
+        reuse: return the running server started earlier with exactly these arguments, if there is one
+            (a notebook cell that is run twice does not start a second server).
+    """
+    config = repr(sorted(locals().items()))
+    if reuse and config in _BY_CONFIG and _BY_CONFIG[config].running:
+        return _BY_CONFIG[config].wait_ready()
+    handle = _start(model_id, scheduler=scheduler, max_batch=max_batch, max_queue=max_queue, max_wait_ms=max_wait_ms,
+                    host=host, port=port, in_process=in_process, dtype=dtype, device=device,
+                    served_model_name=served_model_name, max_model_len=max_model_len, threads=threads,
+                    ready_timeout_s=ready_timeout_s, wait=wait, variants=variants)
+    _BY_CONFIG[config] = handle
+    return handle
+
+
+def _start(model_id: str, *, scheduler: str, max_batch: int, max_queue: int, max_wait_ms: float, host: str, port: int,
+           in_process: bool, dtype: str, device: str, served_model_name: str | None, max_model_len: int | None,
+           threads: int | None, ready_timeout_s: float, wait: bool,
+           variants: dict[str, dict[str, Any]] | None) -> ServerHandle:
+    names = list(variants) if variants else [served_model_name or model_id]
+    name = names[0]
+    if in_process:
+        from smml_lib.serving.server import build_service, create_app
+
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
+        service = build_service(model_id, scheduler=scheduler, max_batch=max_batch, max_queue=max_queue,
+                                max_wait_ms=max_wait_ms, dtype=dtype, device=device, served_model_name=name,
+                                max_model_len=max_model_len, variants=variants)
+        sock = _bind(host, port)
+        url = f"http://{host}:{sock.getsockname()[1]}"
+        server = _uvicorn_server(create_app(service))
+        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="smml-server", daemon=True)
+        thread.start()
+        handle = ServerHandle(url, name, scheduler, os.getpid(), None, None, server, thread, models=names)
+        _wait_healthy(url, time.perf_counter() + ready_timeout_s, thread.is_alive, lambda: "")
+        _LIVE.add(handle)
+        return handle
+
+    from smml_lib.common.paths import output_dir
+
+    tag = f"{scheduler}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    log_path = output_dir("logs") / f"server-{tag}.log"
+    ready = output_dir("logs") / f"server-{tag}.ready"
+    cmd = [sys.executable, "-m", "smml_lib.serving.process", "--model", model_id, "--scheduler", scheduler,
+           "--max-batch", str(max_batch), "--max-queue", str(max_queue), "--max-wait-ms", str(max_wait_ms),
+           "--host", host, "--port", str(port), "--dtype", dtype, "--device", device, "--served-model-name", name,
+           "--ready-file", str(ready), "--exit-with-parent", str(os.getpid())]
+    cmd += ["--max-model-len", str(max_model_len)] if max_model_len else []
+    cmd += ["--threads", str(threads)] if threads else []
+    for vname, cfg in (variants or {}).items():
+        cmd += ["--variant", f"{vname}={json.dumps(cfg)}"]
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    handle = ServerHandle("", name, scheduler, proc.pid, log_path, proc, ready_file=ready,
+                          deadline=time.perf_counter() + ready_timeout_s, models=names)
+    _LIVE.add(handle)
+    return handle.wait_ready() if wait else handle
+
+
+def _watch_parent(parent_pid: int) -> None:
+    """Exit when the process that started us is gone (its kernel crashed or was killed): no orphans."""
+    def watch() -> None:
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != parent_pid:
+                os.kill(os.getpid(), signal.SIGTERM)  # uvicorn's graceful shutdown
+                time.sleep(10.0)
+                os._exit(1)
+
+    threading.Thread(target=watch, name="smml-parent-watch", daemon=True).start()
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="smml serve", description="An OpenAI-compatible /v1/completions server over "
+                                "a Llama, with static or continuous batching.")
+    p.add_argument("--model", default="tiny", help="'tiny', a local checkpoint folder, or a hub id (default: tiny)")
+    p.add_argument("--scheduler", choices=["static", "continuous"], default="continuous")
+    p.add_argument("--max-batch", type=int, default=16, help="sequences decoded together (default: 16)")
+    p.add_argument("--max-queue", type=int, default=64, help="sequences that may wait; beyond: 429 (default: 64)")
+    p.add_argument("--max-wait-ms", type=float, default=20.0, help="static batching: wait to fill a batch (ms)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
+    p.add_argument("--port", type=int, default=8000, help="port (0 = any free port; default: 8000)")
+    p.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), fp32, bf16, fp16")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda:0 ...")
+    p.add_argument("--served-model-name", default=None, help="the name clients put in 'model' (default: --model)")
+    p.add_argument("--max-model-len", type=int, default=None, help="prompt + max_tokens limit (default: min(model, "
+                   "4096))")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: 1 on CPU)")
+    p.add_argument("--variant", action="append", default=[], metavar="NAME=JSON",
+                   help="serve the weights also as NAME with other scheduler settings, e.g. "
+                   "'batch-1={\"scheduler\": \"static\", \"max_batch\": 1}' (repeatable; replaces the default name)")
+    p.add_argument("--ready-file", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--exit-with-parent", type=int, default=None, help=argparse.SUPPRESS)
+    return p
+
+
+def _variants(specs: list[str]) -> dict[str, dict[str, Any]] | None:
+    out = {}
+    for spec in specs:
+        name, sep, cfg = spec.partition("=")
+        try:
+            out[name] = json.loads(cfg) if sep else {}
+        except json.JSONDecodeError:
+            raise ValueError(f"--variant {spec!r}: expected NAME={{json}}, e.g. batch-1={{\"max_batch\": 1}}") from None
+    return out or None
+
+
+def cli(argv: list[str]) -> int:
+    """``smml serve``: run the server in the foreground until Ctrl-C."""
+    args = parser().parse_args(argv)
+    if args.exit_with_parent:
+        _watch_parent(args.exit_with_parent)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: listening on {args.host}: this server has no authentication; anyone who can reach the "
+              "address can use it.", file=sys.stderr)
+    import torch
+
+    from smml_lib.models.loading import ModelLoadError, resolve_device
+    from smml_lib.serving.server import build_service, create_app
+
+    # One CPU thread by default: a small model gains nothing from more, and when other processes compete for
+    # the cores, multi-threaded small matmuls slow down several-fold (threads wait for each other).
+    torch.set_num_threads(args.threads or (1 if resolve_device(args.device).type == "cpu" else torch.get_num_threads()))
+    try:
+        service = build_service(args.model, scheduler=args.scheduler, max_batch=args.max_batch,
+                                max_queue=args.max_queue, max_wait_ms=args.max_wait_ms, dtype=args.dtype,
+                                device=args.device, served_model_name=args.served_model_name,
+                                max_model_len=args.max_model_len, variants=_variants(args.variant))
+    except (ModelLoadError, ValueError) as exc:
+        print(f"smml serve: {exc}", file=sys.stderr)
+        return 2
+    sock = _bind(args.host, args.port)
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    url = f"http://{host}:{sock.getsockname()[1]}"
+
+    def on_started() -> None:
+        models = ", ".join(f"{n!r} ({s.name} batching, max_batch={s.max_batch}, max_queue={s.max_queue})"
+                           for n, s in service.schedulers.items())
+        print(f"serving {models} at {url}/v1; Ctrl-C stops", flush=True)
+        if args.ready_file:
+            tmp = Path(args.ready_file + ".tmp")
+            tmp.write_text(url)
+            tmp.replace(args.ready_file)  # atomic: the parent never reads half a URL
+
+    _uvicorn_server(create_app(service), on_started).run(sockets=[sock])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli(sys.argv[1:]))
