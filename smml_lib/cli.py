@@ -16,6 +16,8 @@ from __future__ import annotations
 import importlib
 import sys
 
+from smml_lib import __version__
+
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "doctor": ("smml_lib.course.doctor", "check this machine before a workshop (versions, GPUs, tokens, disk)"),
@@ -26,7 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "plainrun": ("smml_lib.course.plainrun", "run lab notebooks as plain Python, no Jupyter (e.g. on a bare GPU machine)"),
     "launch": ("smml_lib.distributed.launcher", "run a worker module under torchrun and collect per-rank results"),
     "cluster": ("smml_lib.cluster.local_cluster", "a real two-node Slurm cluster on this machine: up | status | down"),
-    "serve": ("smml_lib.serving.server", "an OpenAI-compatible completion server over a Llama (tiny or real)"),
+    "serve": ("smml_lib.serving.process", "an OpenAI-compatible completion server over a Llama (tiny or real)"),
     "loadtest": ("smml_lib.serving.loadgen", "a concurrency sweep against any OpenAI-compatible server"),
     "prices": ("smml_lib.cost.pricing", "instance prices: live from AWS when credentials exist, else the snapshot"),
     "diagrams": ("smml_lib.course.diagrams", "regenerate the course diagrams in assets/ from their source"),
@@ -46,8 +48,6 @@ def main(argv: list[str] | None = None) -> int:
         print(usage())
         return 0
     if argv[0] in ("-V", "--version"):
-        from smml_lib import __version__
-
         print(__version__)
         return 0
     name, rest = argv[0], argv[1:]

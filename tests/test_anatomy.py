@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from smml_lib.common import device
 from smml_lib.models import anatomy
 
 
@@ -52,6 +53,6 @@ def test_component_names():
 
 def test_bad_dtype_and_preset_fail_clearly():
     with pytest.raises(ValueError, match="unknown dtype"):
-        anatomy.bytes_per_element("fp7")
+        device.bytes_per_element("fp7")
     with pytest.raises(KeyError, match="known"):
         anatomy.preset_config("Llama-9-1T")

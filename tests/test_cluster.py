@@ -2,7 +2,7 @@
 
 A session fixture starts the cluster once (network namespaces + munged + slurmctld + 2 slurmd) and stops it
 at the end, checking that nothing is left behind. Jobs are real ``sbatch`` submissions of the script from
-``smml_lib.cluster.jobs.render_sbatch`` running ``torchrun`` across the two namespace hosts over gloo. Without
+``smml_lib.cluster.sbatch.render_sbatch`` running ``torchrun`` across the two namespace hosts over gloo. Without
 root or the Slurm packages these tests are skipped with the reason (``scripts/course.sh setup`` installs
 the packages as root).
 """
@@ -16,9 +16,9 @@ import time
 
 import pytest
 
-from smml_lib.cluster import jobs, local_cluster
+from smml_lib.cluster import host, jobs, local_cluster, sbatch
 
-PROBLEMS = local_cluster.preflight()
+PROBLEMS = host.preflight()
 needs_cluster = pytest.mark.skipif(bool(PROBLEMS), reason="; ".join(PROBLEMS) or "ok")
 pytestmark = [pytest.mark.cluster]  # conftest: under pytest-xdist, all cluster tests run on one worker
 
@@ -41,7 +41,7 @@ def _ours_left() -> list[str]:
 
 def test_preflight_explains_missing_root(monkeypatch):
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
-    problems = local_cluster.preflight()
+    problems = host.preflight()
     assert any("needs root" in p and "sudo smml cluster up" in p for p in problems)
     c = local_cluster.ensure("local")
     assert not c.available and "root" in c.reason
@@ -61,7 +61,7 @@ def test_nodes_are_idle_namespace_hosts_with_their_own_addresses(running_cluster
 
 @needs_cluster
 def test_two_node_torchrun_job(running_cluster):
-    job = jobs.TorchrunJob("hello", nodes=2, nproc_per_node=1, name="hello")
+    job = sbatch.TorchrunJob("hello", nodes=2, nproc_per_node=1, name="hello")
     run = jobs.submit_and_follow(job, running_cluster, timeout_s=240, echo=False)
     assert run.ok and run.exit_code == "0:0" and run.nodes == "node[1-2]"
     assert [r["state"] for r in run.timeline][-1] == "COMPLETED" and "RUNNING" in run.frame()["state"].tolist()
@@ -76,7 +76,7 @@ def test_two_node_torchrun_job(running_cluster):
 
 @needs_cluster
 def test_failed_job_reports_rank_node_and_traceback(running_cluster):
-    job = jobs.TorchrunJob("hello", ["--steps", "4", "--inject-fault", "crash", "--fault-rank", "1",
+    job = sbatch.TorchrunJob("hello", ["--steps", "4", "--inject-fault", "crash", "--fault-rank", "1",
                                              "--fault-step", "2"], nodes=2, name="crash")
     with pytest.raises(jobs.JobFailed) as err:
         jobs.submit_and_follow(job, running_cluster, timeout_s=240, echo=False)
@@ -88,7 +88,7 @@ def test_failed_job_reports_rank_node_and_traceback(running_cluster):
 
 @needs_cluster
 def test_preempted_job_saves_requeues_and_resumes(running_cluster):
-    job = jobs.TorchrunJob("hello", ["--steps", "8", "--step-s", "0.5", "--resume"], nodes=2,
+    job = sbatch.TorchrunJob("hello", ["--steps", "8", "--step-s", "0.5", "--resume"], nodes=2,
                             name="preempt")
     run = jobs.submit_and_follow(job, running_cluster, timeout_s=300, echo=False, preempt_when=jobs.after_step(3))
     assert run.ok and run.restarts == 1

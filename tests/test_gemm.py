@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from smml_lib.models import anatomy
-from smml_lib.perf import gemm
+from smml_lib.common import device
+from smml_lib.models import anatomy, workload
+from smml_lib.perf import gemm, mamf
 from smml_lib.perf.gemm import GemmShape
 
 
@@ -22,22 +23,24 @@ def test_flops_bytes_and_intensity_by_hand():
 
 
 def test_dtype_names():
-    assert gemm.dtype_name(torch.bfloat16) == "bf16" and gemm.dtype_name("float32") == "fp32"
-    assert gemm.dtype_name("torch.float8_e4m3fn") == "fp8" and gemm.out_dtype_of("fp8") == "bf16"
+    assert device.dtype_name(torch.bfloat16) == "bf16" and device.dtype_name("float32") == "fp32"
+    assert device.dtype_name("torch.float8_e4m3fn") == "fp8" and gemm.out_dtype_of("fp8") == "bf16"
     with pytest.raises(ValueError, match="use one of"):
-        gemm.dtype_name("int3")
+        device.dtype_name("int3")
+    with pytest.raises(ValueError, match="GEMMs here run in"):  # a real format, but not one a GEMM here times
+        gemm.gemm_dtype("int4")
 
 
 def test_llama_layer_shapes_match_the_config_and_flop_count():
     cfg = anatomy.preset_config("Llama-3.2-1B")
-    shapes = {s.label: s for s in gemm.llama_layer_shapes(cfg, tokens=16)}
+    shapes = {s.label: s for s in workload.llama_layer_shapes(cfg, tokens=16)}
     assert (shapes["q_proj"].m, shapes["q_proj"].n, shapes["q_proj"].k) == (16, 2048, 2048)
     assert (shapes["k_proj"].n, shapes["v_proj"].n) == (512, 512)  # 8 kv heads x 64
     assert (shapes["down_proj"].n, shapes["down_proj"].k) == (2048, 8192)
     assert (shapes["lm_head"].n, shapes["lm_head"].k) == (128256, 2048)
     # one token through every layer's GEMMs plus the head = the model's forward FLOPs at context 0
-    per_layer = sum(s.flops for s in gemm.llama_layer_shapes(cfg, 1, include_head=False))
-    head = gemm.llama_layer_shapes(cfg, 1)[-1].flops
+    per_layer = sum(s.flops for s in workload.llama_layer_shapes(cfg, 1, include_head=False))
+    head = workload.llama_layer_shapes(cfg, 1)[-1].flops
     assert cfg["num_hidden_layers"] * per_layer + head == pytest.approx(anatomy.forward_flops_per_token(cfg, 0))
 
 
@@ -72,7 +75,7 @@ def test_sweeps_return_one_row_per_shape_and_dtype():
     assert len(df) == 4 and set(df["dtype"]) == {"fp32", "bf16"} and (df["tflops"] > 0).all()
     tiny = {"vocab_size": 64, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
             "num_attention_heads": 4, "num_key_value_heads": 2}
-    lf = gemm.sweep_llama(tiny, [1, 8], "fp32", "cpu", iters=2, progress=False)
+    lf = workload.sweep_llama(tiny, [1, 8], "fp32", "cpu", iters=2, progress=False)
     assert len(lf) == 16 and list(lf["tokens"].unique()) == [1, 8]
 
 
@@ -84,7 +87,7 @@ def test_datasheet_peak_lookup():
 
 
 def test_mamf_search_respects_budget_alignment_and_confirms():
-    res = gemm.max_achievable_matmul("cpu", "fp32", time_budget_s=1.5, lo=32, hi=160, align=32, progress=False)
+    res = mamf.max_achievable_matmul("cpu", "fp32", time_budget_s=1.5, lo=32, hi=160, align=32, progress=False)
     assert res.elapsed_s < 6.0  # the 1.5 s budget, plus the last size and the confirmation runs
     assert res.best_tflops > 0 and res.pct_of_peak is None
     assert all(v % 32 == 0 and 32 <= v <= 160 for v in (res.best_shape.m, res.best_shape.n, res.best_shape.k))
@@ -95,7 +98,7 @@ def test_mamf_search_respects_budget_alignment_and_confirms():
 
 
 def test_seed_shapes_are_aligned_and_include_wave_aligned_outputs():
-    seeds = gemm._seed_shapes(2048, 16384, 256, sms=132)
+    seeds = mamf.seed_shapes(mamf.MamfConfig(lo=2048, hi=16384, align=256), sms=132)
     assert all(v % 256 == 0 and 2048 <= v <= 16384 for s in seeds for v in s)
     waves = [gemm.wave_quantization(m, n, 132, (128, 256)) for m, n, _ in seeds]
     assert any(w["wave_efficiency"] == 1.0 for w in waves)
@@ -104,14 +107,14 @@ def test_seed_shapes_are_aligned_and_include_wave_aligned_outputs():
 def test_mamf_confirmation_iterations_fit_the_rest_of_the_budget(monkeypatch):
     """Confirmation asks for 100,000 iterations; it gets what the remaining budget allows (at least 10)."""
     seen: list[int] = []
-    real = gemm.benchmark
+    real = mamf.benchmark
 
     def spy(fn, *args, iters=None, **kwargs):
         seen.append(iters)
         return real(fn, *args, iters=iters, **kwargs)
 
-    monkeypatch.setattr(gemm, "benchmark", spy)
-    res = gemm.max_achievable_matmul("cpu", "fp32", time_budget_s=1.0, lo=256, hi=512, align=256,
+    monkeypatch.setattr(mamf, "benchmark", spy)
+    res = mamf.max_achievable_matmul("cpu", "fp32", time_budget_s=1.0, lo=256, hi=512, align=256,
                                      confirm_iters=100_000, progress=False)
     n_confirm = int((res.trials["phase"] == "confirm").sum())
     assert n_confirm >= 1 and all(10 <= n < 100_000 for n in seen[-n_confirm:])

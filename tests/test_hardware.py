@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from smml_lib.perf import hardware
+from smml_lib.perf import ceilings, hardware, roofline
 
 # Names as torch.cuda.get_device_name reports them -> expected datasheet row.
 TORCH_NAMES = {
@@ -42,8 +42,8 @@ def test_peaks_are_dense_not_sparse():
 
 
 def test_ridge_points_by_hand():
-    assert hardware.lookup_spec("NVIDIA L4").spec.ridge_point("bf16") == pytest.approx(121e12 / 300e9)
-    assert hardware.lookup_spec("NVIDIA H100 80GB HBM3").spec.ridge_point("bf16") == pytest.approx(989e12 / 3350e9)
+    assert roofline.datasheet_roof("NVIDIA L4", "bf16").ridge_point == pytest.approx(121e12 / 300e9)
+    assert roofline.datasheet_roof("NVIDIA H100 80GB HBM3", "bf16").ridge_point == pytest.approx(989e12 / 3350e9)
 
 
 def test_every_row_has_a_source_and_the_required_chips():
@@ -63,7 +63,7 @@ def test_detect_on_cpu_returns_the_cpu():
 
 
 def test_measured_ceilings_on_cpu_are_positive_and_consistent():
-    c = hardware.measure_ceilings("cpu", matmul_size=256, copy_mib=16, iters=5)
+    c = ceilings.measure_ceilings("cpu", matmul_size=256, copy_mib=16, iters=5)
     assert c.matmul_tflops > 0 and c.copy_gbps > 0
     assert c.copy_bytes == 2 * 16 * 2**20  # read + write
     assert c.ridge_point == pytest.approx(c.matmul_tflops * 1e12 / (c.copy_gbps * 1e9))

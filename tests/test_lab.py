@@ -9,8 +9,8 @@ import pytest
 
 from smml_lib.common import plots
 from smml_lib.course import exercises
-from smml_lib.perf import results
 from smml_lib.course.lab import LabCheckError, resolve_mode, start_lab
+from smml_lib.perf import results
 
 
 def test_modes():

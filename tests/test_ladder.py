@@ -144,7 +144,7 @@ def test_dtype_rungs_keep_rope_frequencies_in_fp32():
 
     model, _ = load_llama("tiny", dtype="fp32")
     before = model.model.rotary_emb.inv_freq.clone()
-    ladder._apply(model, Rung("b", "bf16", "sdpa", True))
+    ladder.apply_rung(model, Rung("b", "bf16", "sdpa", True))
     assert next(model.parameters()).dtype == torch.bfloat16
     for name, buf in model.named_buffers():
         if name.endswith("inv_freq"):

@@ -11,7 +11,7 @@ import time
 import psutil
 import pytest
 
-from smml_lib.distributed import launcher
+from smml_lib.distributed import job, launcher, runtime
 
 
 def _no_children_left() -> list:
@@ -33,11 +33,14 @@ def test_torchrun_command_single_and_multi_node(tmp_path):
     with pytest.raises(ValueError, match="rdzv_endpoint"):
         launcher.torchrun_command("train", nnodes=2)
     assert launcher.worker_module("smml_lib.distributed.workers.tp") == "smml_lib.distributed.workers.tp"
-    assert launcher.resolve_backend("auto", 2) == "gloo"  # CPU-only test machine
+    assert runtime.choose_backend(gpus_per_node=0, processes_per_node=2) == "gloo"  # CPU-only test machine
+    assert runtime.choose_backend(gpus_per_node=4, processes_per_node=4) == "nccl"
+    assert runtime.choose_backend(gpus_per_node=2, processes_per_node=4) == "gloo"  # NCCL needs a GPU per rank
+    assert runtime.choose_backend("gloo", gpus_per_node=4, processes_per_node=4) == "gloo"
 
 
 def test_crashed_rank_is_named_with_traceback(tmp_path):
-    with pytest.raises(launcher.WorkerFailed) as info:
+    with pytest.raises(job.WorkerFailed) as info:
         launcher.launch("collectives", ["--inject-fault", "crash", "--fault-rank", "1"], nproc=2,
                         timeout_s=120, run_dir=tmp_path, echo=False)
     err = info.value
@@ -49,10 +52,10 @@ def test_crashed_rank_is_named_with_traceback(tmp_path):
 
 def test_hung_rank_is_killed_at_timeout(tmp_path):
     t0 = time.monotonic()
-    with pytest.raises(launcher.LaunchTimeout, match="killed"):
+    with pytest.raises(job.LaunchTimeout, match="killed"):
         launcher.launch("collectives", ["--inject-fault", "hang", "--fault-rank", "0"], nproc=2,
                         timeout_s=6, run_dir=tmp_path, echo=False)  # killed whether it hangs or is still starting
-    assert time.monotonic() - t0 < 6 + launcher.GRACE_S + 10
+    assert time.monotonic() - t0 < 6 + job.GRACE_S + 10
     assert _no_children_left() == []
     # nothing tagged with a launch id survives anywhere on the machine either
     leftovers = []

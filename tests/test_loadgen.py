@@ -130,7 +130,7 @@ def test_max_tokens_range_is_drawn_per_request():
 def test_sweep_summary_plot_and_cli_against_our_server(capsys):
     import torch
 
-    from smml_lib.serving.server import start_server
+    from smml_lib.serving.process import start_server
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the in-process server shares this process; restored below

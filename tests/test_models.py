@@ -9,7 +9,8 @@ import time
 import pytest
 import torch
 
-from smml_lib.models import loading, tiny
+from smml_lib.common import device
+from smml_lib.models import tiny
 from smml_lib.models.loading import ModelLoadError, load_llama
 
 SECRET = "hf_THIS_IS_A_SECRET_TOKEN_123"
@@ -44,12 +45,12 @@ def test_tiny_loads_through_the_same_path_as_a_local_folder(tiny_path):
 
 
 def test_dtype_and_device_defaults_on_cpu():
-    assert loading.resolve_dtype("auto", "cpu") == torch.float32
-    assert loading.resolve_dtype("bf16") == torch.bfloat16
+    assert device.resolve_dtype("auto", "cpu") == torch.float32
+    assert device.resolve_dtype("bf16") == torch.bfloat16
     m, _ = load_llama("tiny", dtype="bf16")
     assert next(m.parameters()).dtype == torch.bfloat16 and next(m.parameters()).device.type == "cpu"
     with pytest.raises(ValueError, match="dtype"):
-        loading.resolve_dtype("fp7")
+        device.resolve_dtype("fp7")
 
 
 def test_asking_for_a_gpu_without_one_is_a_clear_error():

@@ -12,8 +12,8 @@ import ast
 import nbformat
 import pytest
 
-from smml_lib.course.runner import check_parameters, discover_notebooks
 from smml_lib.common.paths import repo_root
+from smml_lib.course.runner import check_parameters, discover_notebooks
 
 NOTEBOOKS = discover_notebooks(include_solutions=True)
 IDS = [p.relative_to(repo_root()).as_posix() for p in NOTEBOOKS]

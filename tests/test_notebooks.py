@@ -22,8 +22,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from smml_lib.course.runner import SMOKE_PARAMETERS, discover_notebooks, execute_notebook, uses_local_cluster
 from smml_lib.common.paths import output_dir, repo_root
+from smml_lib.course.runner import SMOKE_PARAMETERS, discover_notebooks, execute_notebook, uses_local_cluster
 
 NOTEBOOKS = discover_notebooks(include_solutions=True)
 RERUN_TAG = "smml-rerun"

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from smml_lib.course import plainrun
 from smml_lib.common.paths import repo_root
+from smml_lib.course import plainrun
 
 
 def _notebook(path: Path, cells: list[tuple[str, str, list[str]]]) -> Path:

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from smml_lib.models import planner
-from smml_lib.perf import memtrack
 from smml_lib.models.anatomy import count_params_from_config, preset_config
+from smml_lib.perf import memtrack
 
 
 def test_sixteen_bytes_per_parameter_and_zero_stages():

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 
-from smml_lib.models import anatomy
+from smml_lib.models import anatomy, workload
 from smml_lib.perf import gemm, roofline
 from smml_lib.perf.roofline import Roof
 
@@ -50,7 +50,7 @@ def test_datasheet_and_measured_roofs():
 
 def test_llama_step_points():
     cfg = anatomy.preset_config("Llama-3.2-1B")
-    df = roofline.llama_step_points(cfg, "bf16", batch_sizes=[1, 64], context_len=0, prompt_tokens=512)
+    df = workload.llama_step_points(cfg, "bf16", batch_sizes=[1, 64], context_len=0, prompt_tokens=512)
     dec1 = df[(df.phase == "decode") & (df.batch_size == 1)].iloc[0]
     # batch 1, no context: 2 FLOP per weight, 2 bytes per weight -> intensity just under 1
     assert 0.9 < dec1.intensity < 1.0
@@ -58,7 +58,7 @@ def test_llama_step_points():
     assert dec64.intensity == pytest.approx(64 * dec1.intensity, rel=0.01)
     pre = df[(df.phase == "prefill") & (df.batch_size == 1)].iloc[0]
     assert pre.intensity > 400 and pre.tokens == 512
-    long_ctx = roofline.llama_step_points(cfg, "bf16", batch_sizes=[64], context_len=4096)
+    long_ctx = workload.llama_step_points(cfg, "bf16", batch_sizes=[64], context_len=4096)
     assert long_ctx.intensity.iloc[0] < dec64.intensity  # the KV cache read adds bytes
 
 
@@ -73,17 +73,17 @@ def test_plot_roofline_writes_a_png(tmp_path, monkeypatch):
 
 def test_prefill_flops_closed_form_matches_the_sum():
     cfg = anatomy.preset_config("Llama-3.2-1B")
-    assert roofline.prefill_flops(cfg, 37) == pytest.approx(sum(anatomy.forward_flops_per_token(cfg, t) for t in range(37)))
+    assert workload.prefill_flops(cfg, 37) == pytest.approx(sum(anatomy.forward_flops_per_token(cfg, t) for t in range(37)))
 
 
 def test_decode_critical_batch_reaches_the_ridge():
     cfg = anatomy.preset_config("Llama-3.2-1B")
-    b = roofline.decode_critical_batch(cfg, "bf16", ridge=403, context_len=16)
-    pts = roofline.llama_step_points(cfg, "bf16", batch_sizes=[int(b) - 1, int(b) + 1], context_len=16)
+    b = workload.decode_critical_batch(cfg, "bf16", ridge=403, context_len=16)
+    pts = workload.llama_step_points(cfg, "bf16", batch_sizes=[int(b) - 1, int(b) + 1], context_len=16)
     assert pts["intensity"].iloc[0] < 403 < pts["intensity"].iloc[1]  # the step crosses the ridge at b
     assert 400 < b < 600
     # at 256 tokens of context each sequence's KV reads (8.4 MB) outweigh its FLOPs / ridge: never compute-bound
-    assert roofline.decode_critical_batch(cfg, "bf16", ridge=403, context_len=256) == float("inf")
+    assert workload.decode_critical_batch(cfg, "bf16", ridge=403, context_len=256) == float("inf")
 
 
 def test_raise_roof_only_lifts_measured_roofs():

@@ -18,8 +18,7 @@ import pytest
 from httpx_sse import connect_sse
 
 from smml_lib.models import inference
-from smml_lib.serving.server import start_server
-from smml_lib.serving.process import ServerStartError
+from smml_lib.serving.process import ServerStartError, start_server
 
 PROMPT = "The scheduler admits a new request"
 
@@ -196,6 +195,7 @@ def test_non_streaming_client_that_disconnects_frees_its_slot(one_slot_server):
 @pytest.mark.parametrize("scheduler", ["continuous", "static"])
 def test_batched_greedy_outputs_equal_solo_outputs(tiny_model, scheduler):
     """Requests that join and leave a running batch produce exactly the tokens they produce alone."""
+    from smml_lib.serving.config import BatchingConfig
     from smml_lib.serving.kvbatch import Sequence
     from smml_lib.serving.schedulers import make_scheduler
 
@@ -203,7 +203,7 @@ def test_batched_greedy_outputs_equal_solo_outputs(tiny_model, scheduler):
     prompts = [f"Request {i}: " + "tokens and padding " * (i % 5) + "end" for i in range(10)]
     lengths = [3 + (7 * i) % 19 for i in range(10)]
     solo = [inference.generated_tokens(model, tok, p, max_new_tokens=n) for p, n in zip(prompts, lengths)]
-    sched = make_scheduler(scheduler, model, tok, max_batch=4, max_queue=16, max_wait_ms=5).start()
+    sched = make_scheduler(BatchingConfig(scheduler, max_batch=4, max_queue=16, max_wait_ms=5), model, tok).start()
     try:
         seqs = []
         for i, (p, n) in enumerate(zip(prompts, lengths)):
@@ -270,7 +270,7 @@ def test_subprocess_server_exits_when_the_process_that_started_it_is_killed():
     import subprocess
     import sys
 
-    script = ("import time; from smml_lib.serving.server import start_server; "
+    script = ("import time; from smml_lib.serving.process import start_server; "
               "s = start_server('tiny', max_batch=2); print(s.pid, flush=True); time.sleep(300)")
     parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     try:
@@ -306,13 +306,21 @@ def test_variants_serve_the_same_weights_under_several_schedulers():
     assert not s.running
 
 
-def test_variant_settings_are_checked():
-    from smml_lib.serving.server import build_service
-    from smml_lib.serving.process import _variants
+def test_server_config_round_trips_through_its_command_line_and_checks_variants():
+    from smml_lib.serving.config import BatchingConfig, ServerConfig
+    from smml_lib.serving.process import parser
 
-    assert _variants(['b1={"scheduler": "static", "max_batch": 1}', "plain"]) == {
-        "b1": {"scheduler": "static", "max_batch": 1}, "plain": {}}
+    cfg = ServerConfig.build("tiny", max_batch=4, max_queue=16, port=0,
+                             variants={"b1": {"scheduler": "static", "max_batch": 1}, "plain": {}})
+    assert cfg.schedulers == {"b1": BatchingConfig("static", 1, 16), "plain": BatchingConfig("continuous", 4, 16)}
+    assert ServerConfig.from_args(parser().parse_args(cfg.argv())) == cfg  # what the subprocess is told
+    assert cfg.key() == ServerConfig.build("tiny", max_batch=4, max_queue=16, port=0, variants={
+        "b1": {"scheduler": "static", "max_batch": 1}, "plain": {}}).key()  # the reuse key is stable
     with pytest.raises(ValueError, match="expected NAME="):
-        _variants(["b1={max_batch: 1}"])
-    with pytest.raises(ValueError, match="scheduler must be one of"):
-        build_service("tiny", variants={"x": {"max_batchh": 2}})
+        ServerConfig.from_args(parser().parse_args(["--variant", "b1={max_batch: 1}"]))
+    with pytest.raises(ValueError, match="only the batching settings"):
+        ServerConfig.build("tiny", variants={"x": {"max_batchh": 2}})
+    with pytest.raises(ValueError, match="scheduler="):
+        BatchingConfig("dynamic")
+    with pytest.raises(TypeError, match="unknown server setting"):
+        ServerConfig.build("tiny", max_bach=3)

@@ -17,14 +17,14 @@ from pathlib import Path
 
 import pytest
 
-from smml_lib.cluster import jobs
+from smml_lib.cluster import jobs, sbatch
 from smml_lib.cluster.local_cluster import Cluster
 
 
 def test_script_has_multinode_torchrun_essentials(tmp_path):
-    job = jobs.TorchrunJob("train", ["--strategy", "fsdp"], nodes=2, nproc_per_node=4, gpus_per_node=4,
+    job = sbatch.TorchrunJob("train", ["--strategy", "fsdp"], nodes=2, nproc_per_node=4, gpus_per_node=4,
                             partition="gpu", exclusive=True, time_limit="01:00:00", signal_lead_s=120)
-    text = jobs.render_sbatch(job, tmp_path)
+    text = sbatch.render_sbatch(job, tmp_path)
     for needle in ("#SBATCH --nodes=2", "#SBATCH --gpus-per-node=4", "#SBATCH --ntasks-per-node=1",
                    "#SBATCH --partition=gpu", "#SBATCH --exclusive", "#SBATCH --requeue",
                    "#SBATCH --signal=B:USR1@120", f"#SBATCH --output={tmp_path}/slurm-%j.out",
@@ -34,7 +34,7 @@ def test_script_has_multinode_torchrun_essentials(tmp_path):
                    '--cpus-per-task="${SLURM_CPUS_ON_NODE:-1}"'):
         assert needle in text, needle
     subprocess.run(["bash", "-n"], input=text, text=True, check=True)  # valid bash
-    cpu = jobs.render_sbatch(jobs.TorchrunJob("hello", requeue=False, socket_ifname="eth1"), tmp_path)
+    cpu = sbatch.render_sbatch(sbatch.TorchrunJob("hello", requeue=False, socket_ifname="eth1"), tmp_path)
     assert "--gpus-per-node" not in cpu and "SMML_BACKEND=gloo" in cpu and "--requeue" not in cpu
     assert 'SMML_IFNAME="eth1"' in cpu
 
@@ -70,8 +70,8 @@ def test_generated_script_runs_a_real_torchrun_job(tmp_path):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     _fake_slurm(bin_dir)
-    job = jobs.TorchrunJob("hello", nodes=1, nproc_per_node=2, rdzv_port=29517)
-    script = jobs.write_script(job, tmp_path / "run")
+    job = sbatch.TorchrunJob("hello", nodes=1, nproc_per_node=2, rdzv_port=29517)
+    script = sbatch.write_script(job, tmp_path / "run")
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_ID": "42",
            "SLURM_JOB_NODELIST": "n1", "SLURM_NNODES": "1"}
     out = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=120, env=env,
@@ -92,7 +92,7 @@ def test_unreachable_slurm_fails_fast_with_hint(tmp_path):
     dead = Cluster("local", conf=conf, nodes=["n1"])
     t0 = time.monotonic()
     with pytest.raises(jobs.SlurmError) as err:
-        jobs.submit(jobs.TorchrunJob("hello"), dead, run_dir=tmp_path / "run")
+        jobs.submit(sbatch.TorchrunJob("hello"), dead, run_dir=tmp_path / "run")
     assert time.monotonic() - t0 < 15
     assert "Is Slurm up" in str(err.value)
 
@@ -107,7 +107,7 @@ def test_missing_slurm_client_is_explained(monkeypatch, tmp_path):
 def test_without_slurm_the_same_job_runs_locally_and_survives_a_preemption(tmp_path):
     """No cluster: the worker runs on this machine; the drill stops it after step 2 and it resumes."""
     nocluster = Cluster("none", "test: no Slurm here")
-    job = jobs.TorchrunJob("hello", ["--steps", "8", "--step-s", "0.4", "--resume"], nodes=2,
+    job = sbatch.TorchrunJob("hello", ["--steps", "8", "--step-s", "0.4", "--resume"], nodes=2,
                             nproc_per_node=1, name="local")
     run = jobs.submit_and_follow(job, nocluster, run_dir=tmp_path / "run", preempt_when=jobs.after_step(2),
                                   timeout_s=180, echo=False)
@@ -119,5 +119,5 @@ def test_without_slurm_the_same_job_runs_locally_and_survives_a_preemption(tmp_p
 
 
 def test_python_and_module_paths_are_absolute_in_script(tmp_path):
-    text = jobs.render_sbatch(jobs.TorchrunJob("collectives"), tmp_path)
+    text = sbatch.render_sbatch(sbatch.TorchrunJob("collectives"), tmp_path)
     assert f"{sys.executable} -m torch.distributed.run" in text and "-m smml_lib.distributed.workers.collectives" in text

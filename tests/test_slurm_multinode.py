@@ -8,6 +8,7 @@ import pytest
 
 from smml_lib.cluster import jobs, multinode
 from smml_lib.course.lab import Lab
+from smml_lib.distributed.train_config import TrainConfig
 
 
 class _Lab(Lab):
@@ -41,15 +42,20 @@ def test_traffic_and_checkpoint_models():
         multinode.comm_bytes_per_step("tp", p, 2)
 
 
-def test_jobs_follow_the_mode():
+def test_jobs_follow_the_mode_and_carry_the_run():
     smoke, real = _Lab("smoke"), _Lab("real")
-    assert multinode.resources(smoke) == {"nodes": 2, "nproc_per_node": 1, "gpus_per_node": 0, "exclusive": False}
-    assert multinode.resources(real) == {"nodes": 2, "nproc_per_node": 4, "gpus_per_node": 4, "exclusive": True}
-    job = multinode.train_job(real, "t", steps=5, resume=True)
-    assert job.gpus_per_node == 4 and job.exclusive and "--resume" in job.args and "fsdp" in job.args and "bf16" in job.args
+    assert multinode.resources(smoke, gpus_per_node=4) == multinode.Resources(2, 1, 0, False)
+    res = multinode.resources(real, gpus_per_node=4)
+    assert res == multinode.Resources(2, 4, 4, True) and res.world_size == 8
+    run = TrainConfig(model="preset:Llama-3.2-1B", strategy="fsdp", precision="bf16", max_steps=5,
+                      checkpoint_dir=multinode.JOB_CHECKPOINTS, resume=True)
+    job = multinode.train_job(run, "t", res)
+    assert job.gpus_per_node == 4 and job.exclusive and job.args == run.argv()
+    assert "--resume" in job.args and "fsdp" in job.args and "bf16" in job.args
     assert "$SMML_RUN_DIR/ckpt" in job.args  # expanded by the job script's shell on the node
-    coll = multinode.collectives_job(smoke, "c", nodes=1, nproc_per_node=2)
+    coll = multinode.collectives_job("c", multinode.Resources(1, 2, 0, False), max_bytes="4M", iters=4, warmup=1)
     assert coll.worker == "collectives" and coll.gpus_per_node == 0 and coll.world_size == 2
+    assert coll.args[coll.args.index("--max-bytes") + 1] == "4M"
 
 
 def test_summaries_join_the_attempts_of_a_requeued_job(tmp_path):

@@ -82,7 +82,7 @@ def test_worker_notice_poller_sees_the_notice(monkeypatch):
 
 def test_drill_config_is_checked():
     with pytest.raises(ValueError, match="below max_steps"):
-        spot_drill.run_drill(spot_drill.DrillConfig(max_steps=4, interrupt_after_step=4))
+        spot_drill.run_drill(spot_drill.DrillConfig(spot_drill.DRILL_TRAINING.replace(max_steps=4), interrupt_after_step=4))
     with pytest.raises(ValueError, match="poll intervals"):
         spot_drill.run_drill(spot_drill.DrillConfig(notice_window_s=1, poll_s=0.5))
 
@@ -90,8 +90,8 @@ def test_drill_config_is_checked():
 @pytest.mark.slow
 def test_drill_loses_nothing_with_notice_and_at_most_the_steps_since_checkpoint_when_killed(tmp_path):
     # interrupt right after step 5: the notice run stops a step or two later; the kill lands before step 8's save
-    cfg = spot_drill.DrillConfig(max_steps=10, checkpoint_every=4, interrupt_after_step=5, echo=False,
-                           workdir=str(tmp_path), timeout_s=300)
+    cfg = spot_drill.DrillConfig(spot_drill.DRILL_TRAINING.replace(max_steps=10, checkpoint_every=4),
+                                 interrupt_after_step=5, echo=False, workdir=str(tmp_path), timeout_s=300)
     report = spot_drill.run_drill(cfg, scenarios=("notice", "kill"))
     notice, kill = report.row("notice"), report.row("kill")
     # with the notice: it checkpoints at the step it stops after, inside the window, and loses nothing

@@ -12,14 +12,15 @@ import time
 
 import pytest
 
-from smml_lib.checkpoint import storage
+from smml_lib.checkpoint import targets
+from smml_lib.common import object_storage
 
 pytestmark = pytest.mark.filterwarnings("ignore:torch.distributed is disabled:UserWarning")
 
 
 @pytest.fixture(scope="module")
 def s3():
-    server = storage.LocalS3(bucket="smml-test").start()
+    server = object_storage.LocalS3(bucket="smml-test").start()
     yield server
     server.stop()
 
@@ -48,12 +49,12 @@ def test_checkpoint_round_trip_through_s3(s3, tmp_path):
 
     model, _, env, info = _dcp_checkpoint(tmp_path / "ckpt")
     url = s3.url("run-a", info.path.name)
-    up = storage.upload_folder(info.path, url, client=s3.client(), progress=False)
+    up = object_storage.upload_folder(info.path, url, client=s3.client(), progress=False)
     assert up.files >= 3 and up.bytes == info.size_bytes and up.seconds > 0
-    assert storage.list_checkpoints(s3.url("run-a"), client=s3.client()) == [url]
-    down = storage.download_prefix(url, tmp_path / "restore" / info.path.name, client=s3.client(), progress=False)
+    assert targets.list_checkpoints(s3.url("run-a"), client=s3.client()) == [url]
+    down = object_storage.download_prefix(url, tmp_path / "restore" / info.path.name, client=s3.client(), progress=False)
     assert (down.files, down.bytes) == (up.files, up.bytes)
-    again = storage.download_prefix(url, tmp_path / "restore" / info.path.name, client=s3.client(), progress=False)
+    again = object_storage.download_prefix(url, tmp_path / "restore" / info.path.name, client=s3.client(), progress=False)
     assert again.files == 0  # already there: nothing fetched twice
     fresh = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 8))
     opt = torch.optim.AdamW(fresh.parameters(), lr=1e-2)
@@ -75,39 +76,39 @@ def test_commit_marker_is_uploaded_last_and_partial_uploads_are_ignored(s3, tmp_
         return real(filename, bucket, key, **kw)
 
     client.upload_file = recording
-    storage.upload_folder(info.path, s3.url("run-b", info.path.name), client=client, progress=False, max_workers=4)
+    object_storage.upload_folder(info.path, s3.url("run-b", info.path.name), client=client, progress=False, max_workers=4)
     assert order[-1].endswith("/meta.json") and sum(k.endswith("meta.json") for k in order) == 1
     (info.path / "meta.json").unlink()  # an upload interrupted before its marker
-    storage.upload_folder(info.path, s3.url("run-c", info.path.name), client=s3.client(), progress=False)
-    assert storage.list_checkpoints(s3.url("run-c"), client=s3.client()) == []
+    object_storage.upload_folder(info.path, s3.url("run-c", info.path.name), client=s3.client(), progress=False)
+    assert targets.list_checkpoints(s3.url("run-c"), client=s3.client()) == []
 
 
 def test_errors_are_clear_and_fast(s3, tmp_path, monkeypatch):
     (tmp_path / "f.bin").write_bytes(b"x" * 10)
-    with pytest.raises(storage.StorageError, match="does not exist"):
-        storage.upload_folder(tmp_path, "s3://no-such-bucket/x", client=s3.client(), progress=False)
-    with pytest.raises(storage.StorageError, match="nothing under"):
-        storage.download_prefix(s3.url("never-uploaded"), tmp_path / "d", client=s3.client(), progress=False)
+    with pytest.raises(object_storage.StorageError, match="does not exist"):
+        object_storage.upload_folder(tmp_path, "s3://no-such-bucket/x", client=s3.client(), progress=False)
+    with pytest.raises(object_storage.StorageError, match="nothing under"):
+        object_storage.download_prefix(s3.url("never-uploaded"), tmp_path / "d", client=s3.client(), progress=False)
     t0 = time.monotonic()
-    dead = storage.s3_client("http://127.0.0.1:9", access_key="k", secret_key="s")
-    with pytest.raises(storage.StorageError, match="cannot reach"):
-        storage.download_prefix("s3://b/x", tmp_path / "d", client=dead, progress=False)
+    dead = object_storage.s3_client("http://127.0.0.1:9", access_key="k", secret_key="s")
+    with pytest.raises(object_storage.StorageError, match="cannot reach"):
+        object_storage.download_prefix("s3://b/x", tmp_path / "d", client=dead, progress=False)
     assert time.monotonic() - t0 < 10
-    with pytest.raises(storage.StorageError, match="not an S3 URL"):
-        storage.parse_s3_url("/local/path")
+    with pytest.raises(object_storage.StorageError, match="not an S3 URL"):
+        object_storage.parse_s3_url("/local/path")
     for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
-    with pytest.raises(storage.StorageError, match="No AWS credentials"):
-        storage.s3_client()
+    with pytest.raises(object_storage.StorageError, match="No AWS credentials"):
+        object_storage.s3_client()
 
 
 def test_load_llama_from_an_s3_model_id(s3, tiny_path, tmp_path, monkeypatch):
     from smml_lib.models.loading import ModelLoadError, load_llama
 
     monkeypatch.setenv("SMML_CACHE", str(tmp_path / "cache"))
-    storage.upload_folder(tiny_path, s3.url("models", "tiny-llama"), client=s3.client(), progress=False)
+    object_storage.upload_folder(tiny_path, s3.url("models", "tiny-llama"), client=s3.client(), progress=False)
     with s3.environment():
         model, tok = load_llama(s3.url("models", "tiny-llama"), device="cpu", dtype="fp32")
         assert model.smml_source["kind"] == "s3" and str(tmp_path / "cache") in model.smml_source["path"]
@@ -126,8 +127,8 @@ def test_training_resumed_from_an_s3_checkpoint_continues_with_the_same_losses(s
     full = launch("train", [*args, "--checkpoint-dir", str(tmp_path / "a")], nproc=2, echo=False,
                   run_dir=tmp_path / "run-a", timeout_s=300)
     url = s3.url("train", "step_00000002")
-    storage.upload_folder(tmp_path / "a" / "step_00000002", url, client=s3.client(), progress=False)
-    storage.download_prefix(url, tmp_path / "b" / "step_00000002", client=s3.client(), progress=False)
+    object_storage.upload_folder(tmp_path / "a" / "step_00000002", url, client=s3.client(), progress=False)
+    object_storage.download_prefix(url, tmp_path / "b" / "step_00000002", client=s3.client(), progress=False)
     resumed = launch("train", [*args, "--checkpoint-dir", str(tmp_path / "b"), "--resume"], nproc=2,
                      echo=False, run_dir=tmp_path / "run-b", timeout_s=300)
     a, b = full[full["rank"] == 0].iloc[0], resumed[resumed["rank"] == 0].iloc[0]
@@ -142,9 +143,9 @@ def test_local_server_refuses_a_folder_it_could_not_hold_in_memory(s3, tmp_path,
     folder = tmp_path / "ckpt"
     folder.mkdir()
     (folder / "shard.distcp").write_bytes(b"x" * 1_000_000)
-    local = storage.Target("s3://smml-test/smml", s3.client(), s3)
+    local = targets.Target("s3://smml-test/smml", s3.client(), s3)
     local.check_room(folder)  # 1 MB: plenty of room
     monkeypatch.setattr(psutil, "virtual_memory", lambda: type("vm", (), {"available": 2_000_000})())
-    with pytest.raises(storage.StorageError, match=r"needs about .* GB of free memory .* Set s3_url"):
+    with pytest.raises(object_storage.StorageError, match=r"needs about .* GB of free memory .* Set s3_url"):
         local.check_room(folder)  # 2.5 MB needed, 2 MB free
-    storage.Target("s3://real-bucket/x", client=None).check_room(folder)  # real S3: no memory limit here
+    targets.Target("s3://real-bucket/x", client=None).check_room(folder)  # real S3: no memory limit here

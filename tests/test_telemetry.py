@@ -175,7 +175,7 @@ def test_energy_delta_is_exact(use_fake):
 
 def test_missing_library_falls_back_to_cpu_once(use_fake, capsys, monkeypatch):
     use_fake(fake_pynvml(init_error=NVMLError_LibraryNotFound))
-    monkeypatch.setitem(telemetry_backends._fallback_said, "done", False)
+    telemetry_backends.announce_fallback_again()
     with telemetry.Sampler(interval_s=0.02) as tel:
         sum(i * i for i in range(200_000))
     with telemetry.Sampler(interval_s=0.02):

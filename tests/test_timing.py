@@ -57,7 +57,7 @@ def test_steady_call_drops_the_cold_first_call():
 
 @pytest.mark.parametrize("one_call, expected", [(0.01, 50), (1.0, 5), (1e-6, 500), (0.0, 500)])
 def test_pick_iters_fills_the_target_within_bounds(one_call, expected):
-    assert timing._pick_iters(one_call, target_s=0.5, min_iters=5, max_iters=500) == expected
+    assert timing.pick_iters(one_call, target_s=0.5, min_iters=5, max_iters=500) == expected
 
 
 def test_warmup_and_iteration_counts_on_cpu():

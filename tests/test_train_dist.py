@@ -23,8 +23,8 @@ import pytest
 import torch
 
 from smml_lib.checkpoint import sharded as ckpt
-from smml_lib.distributed.workers import train
 from smml_lib.distributed.launcher import launch, start
+from smml_lib.distributed.workers import train
 
 LR = 1e-3
 COMMON = ["--max-steps", "4", "--lr", str(LR), "--global-batch", "4", "--seq-len", "32", "--warmup-steps", "0",

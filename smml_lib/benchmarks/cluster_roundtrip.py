@@ -15,17 +15,17 @@ import argparse
 import sys
 import time
 
+from smml_lib.cluster import host, jobs, local_cluster, sbatch
+
 TARGET_S = 90.0
 
 
 def main(argv: list[str]) -> int:
-    from smml_lib.cluster import jobs, local_cluster
-
     p = argparse.ArgumentParser(prog="smml bench cluster_roundtrip", description=__doc__.splitlines()[0])
     p.add_argument("--nproc-per-node", type=int, default=1, help="torchrun processes per node")
     p.add_argument("--repeats", type=int, default=1)
     a = p.parse_args(argv)
-    problems = local_cluster.preflight()
+    problems = host.preflight()
     if problems:
         print("cannot measure: " + "; ".join(problems))
         return 2
@@ -36,7 +36,7 @@ def main(argv: list[str]) -> int:
         c = local_cluster.up()
         t_up = time.monotonic() - t0
         try:
-            job = jobs.TorchrunJob("hello", nodes=2, nproc_per_node=a.nproc_per_node, name="roundtrip")
+            job = sbatch.TorchrunJob("hello", nodes=2, nproc_per_node=a.nproc_per_node, name="roundtrip")
             run = jobs.submit_and_follow(job, c, timeout_s=300, echo=False)
             t_job = time.monotonic() - t0 - t_up
             df = run.results()

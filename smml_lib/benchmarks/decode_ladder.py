@@ -13,6 +13,13 @@ from __future__ import annotations
 import argparse
 import sys
 
+import pandas as pd
+import torch
+
+from smml_lib.common.device import default_device
+from smml_lib.models import ladder
+from smml_lib.perf.ceilings import measure_ceilings
+
 TARGET_RATIO = 4.0
 TARGET_PCT = 60.0
 
@@ -26,22 +33,15 @@ def main(argv: list[str]) -> int:
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: its own choice)")
     args = p.parse_args(argv)
     if args.threads:
-        import torch
-
         torch.set_num_threads(args.threads)
-    import pandas as pd
-    import torch
-
-    from smml_lib.models import ladder
-    from smml_lib.perf import hardware
 
     gpu = torch.cuda.is_available()
-    dev = hardware.default_device()
+    dev = default_device()
     model_id = args.model or ("meta-llama/Llama-3.2-1B" if gpu else "tiny")
     prompt = args.prompt_tokens or (128 if gpu else 16)
     new = args.new_tokens or (64 if gpu else 16)
     fast = "bf16" if not gpu or torch.cuda.is_bf16_supported() else "fp16"
-    ceil = {d: hardware.measure_ceilings(dev, dtype=d, matmul_size=None if gpu else 256) for d in ("fp32", fast)}
+    ceil = {d: measure_ceilings(dev, dtype=d, matmul_size=None if gpu else 256) for d in ("fp32", fast)}
     copy_gbps = ceil[fast].copy_gbps
     df = ladder.run_ladder(model_id, ladder.default_rungs(fast), prompt_tokens=prompt, new_tokens=new,
                            copy_gbps=copy_gbps, matmul_tflops={d: c.matmul_tflops for d, c in ceil.items()},

@@ -11,19 +11,17 @@ On a CPU the same runs happen at smoke sizes with gloo: useful to see the machin
 from __future__ import annotations
 
 import argparse
+import json
+
+import torch
+
+from smml_lib.common.paths import reference_dir
+from smml_lib.distributed import analysis, collectives
+from smml_lib.distributed.launcher import default_nproc, launch
+from smml_lib.perf.results import save_result
 
 
 def main(argv: list[str]) -> int:
-    import json
-
-    import torch
-
-    from smml_lib.distributed import analysis
-    from smml_lib.distributed.workers import collectives as wc
-    from smml_lib.distributed.launcher import default_nproc, launch
-    from smml_lib.common.paths import reference_dir
-    from smml_lib.perf.results import save_result
-
     gpu = torch.cuda.is_available()
     p = argparse.ArgumentParser(prog="smml bench distributed", description=__doc__.splitlines()[0])
     p.add_argument("--nproc", type=int, default=None)
@@ -35,7 +33,7 @@ def main(argv: list[str]) -> int:
 
     coll = launch("collectives", ["--max-bytes", args.max_bytes, "--iters", "20" if gpu else "5"], nproc=nproc,
                   echo=False, timeout_s=1800)
-    bw = wc.summarize(coll)
+    bw = collectives.summarize(coll)
     print(f"collectives: {nproc} x {bw['device_name'].iloc[0]} ({bw['backend'].iloc[0]})")
     for op, part in bw.groupby("op"):
         big = part.iloc[-1]

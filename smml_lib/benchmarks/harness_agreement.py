@@ -17,13 +17,14 @@ import os
 import statistics
 import sys
 
+import torch
+import torch.utils.benchmark as tb
+
+from smml_lib.perf.gemm import gemm_flops, make_gemm
+from smml_lib.perf.timing import benchmark
+
 
 def _cpu(rounds: int, n: int, threads: int | None) -> bool:
-    import torch
-    import torch.utils.benchmark as tb
-
-    from smml_lib.perf.timing import benchmark
-
     if threads:
         torch.set_num_threads(threads)
     a, b = torch.randn(n, n), torch.randn(n, n)
@@ -53,15 +54,11 @@ def _cpu(rounds: int, n: int, threads: int | None) -> bool:
 
 
 def _gpu(rounds: int, sizes: list[int]) -> bool:
-    import torch
-
     try:
-        from triton.testing import do_bench
+        from triton.testing import do_bench  # deferred: GPU-only
     except ImportError:
         print("GPU: triton is not installed; skipped the do_bench comparison")
         return True
-    from smml_lib.perf.gemm import gemm_flops, make_gemm
-    from smml_lib.perf.timing import benchmark
 
     ok = True
     dev = torch.device("cuda:0")
@@ -93,7 +90,6 @@ def main(argv: list[str]) -> int:
     p.add_argument("--cpu-size", type=int, default=1024)
     p.add_argument("--sizes", type=int, nargs="+", default=[4096, 8192], help="GPU bf16 GEMM sizes")
     args = p.parse_args(argv)
-    import torch
 
     _cpu(args.rounds, args.cpu_size, args.threads)
     if torch.cuda.is_available():

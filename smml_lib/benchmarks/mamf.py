@@ -13,6 +13,10 @@ from __future__ import annotations
 import argparse
 import sys
 
+import torch
+
+from smml_lib.perf.mamf import max_achievable_matmul
+
 TARGET_PCT = 75.0
 TARGET_S = 60.0
 
@@ -28,11 +32,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: its own choice)")
     args = p.parse_args(argv)
     if args.threads:
-        import torch
-
         torch.set_num_threads(args.threads)
-
-    from smml_lib.perf.gemm import max_achievable_matmul
 
     res = max_achievable_matmul(dtype=args.dtype, time_budget_s=args.budget, lo=args.lo, hi=args.hi,
                                 align=args.align, progress=False)

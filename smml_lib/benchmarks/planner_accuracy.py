@@ -2,7 +2,7 @@
 
 Measured: ``torch.cuda.max_memory_allocated`` on GPUs (compared with the planner's peak estimate); on a CPU
 the training worker counts the tensors themselves (parameters, gradients, Adam states, saved activations;
-compared with the planner's tensor total). Each case is a real ``worker_train`` run through the launcher.
+compared with the planner's tensor total). Each case is a real training-worker run (``launch("train")``) through the launcher.
 
     smml bench planner_accuracy            # smoke sizes on a CPU, Llama-3.2-1B (8 layers) shapes on GPUs
     smml bench planner_accuracy --quick    # one process only (no DDP/FSDP launch)
@@ -11,6 +11,12 @@ compared with the planner's tensor total). Each case is a real ``worker_train`` 
 from __future__ import annotations
 
 import argparse
+
+import pandas as pd
+import torch
+
+from smml_lib.distributed import analysis
+from smml_lib.distributed.launcher import default_nproc, launch
 
 TARGET_PCT = 15.0
 
@@ -28,12 +34,6 @@ def cases(gpu: bool, nproc: int, quick: bool) -> list[tuple[list[str], int]]:
 
 
 def main(argv: list[str]) -> int:
-    import pandas as pd
-    import torch
-
-    from smml_lib.distributed import analysis
-    from smml_lib.distributed.launcher import default_nproc, launch
-
     p = argparse.ArgumentParser(prog="smml bench planner_accuracy", description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="single-process cases only")
     p.add_argument("--nproc", type=int, default=None)

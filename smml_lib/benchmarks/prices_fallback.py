@@ -15,6 +15,8 @@ import subprocess
 import sys
 import tempfile
 
+from smml_lib.cost.pricing import CONNECT_TIMEOUT_S
+
 SNIPPET = """
 import time, json
 t0 = time.perf_counter()
@@ -25,8 +27,6 @@ print(json.dumps({"s": time.perf_counter() - t0, "source": t.source, "rows": len
 
 
 def main(argv: list[str]) -> int:
-    from smml_lib.cost.pricing import CONNECT_TIMEOUT_S
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

@@ -15,6 +15,12 @@ from __future__ import annotations
 
 import argparse
 
+import pandas as pd
+
+from smml_lib.common.device import cpu_name, device_name
+from smml_lib.serving import loadgen
+from smml_lib.serving.process import start_server
+
 TARGET_RATIO = 3.0
 CONFIGS = {"batch size 1": ("static", 1), "static batching": ("static", 16), "continuous batching": ("continuous", 16)}
 
@@ -26,11 +32,6 @@ def measure(model: str = "tiny", *, concurrency: int = 16, requests: int = 64, m
     One server subprocess serves the weights under one name per configuration (``variants``), so every
     configuration runs in the same process on the same weights; only the one being measured is busy.
     """
-    import pandas as pd
-
-    from smml_lib.serving import loadgen
-    from smml_lib.serving.server import start_server
-
     configs = configs or CONFIGS
     variants = {label: {"scheduler": sched, "max_batch": batch} for label, (sched, batch) in configs.items()}
     rows = []
@@ -56,7 +57,6 @@ def main(argv: list[str]) -> int:
     p.add_argument("--max-tokens", type=int, default=32)
     p.add_argument("--rounds", type=int, default=3)
     args = p.parse_args(argv)
-    from smml_lib.perf.environment import cpu_name, device_name
 
     print(f"machine: {device_name()} / {cpu_name()}; model {args.model}; concurrency {args.concurrency}; "
           f"{args.requests} requests x {args.max_tokens} tokens per configuration; {args.rounds} rounds")

@@ -17,6 +17,13 @@ from __future__ import annotations
 import argparse
 import time
 
+import numpy as np
+import pandas as pd
+
+from smml_lib.common.device import cpu_name, device_name
+from smml_lib.serving import loadgen
+from smml_lib.serving.process import start_server
+
 SLOPE_TARGET_MB = 1.0  # MB of RSS per 100 requests
 GROWTH_TARGET = 0.05  # of the baseline RSS
 
@@ -24,11 +31,6 @@ GROWTH_TARGET = 0.05  # of the baseline RSS
 def soak(model: str = "tiny", *, requests: int = 1000, concurrency: int = 32, rounds: int = 5, warmup: int = 100,
          max_batch: int = 16, max_queue: int = 12, time_limit_s: float = 300.0) -> dict:
     """Run the soak; returns the per-request results, RSS samples and server counters."""
-    import pandas as pd
-
-    from smml_lib.serving import loadgen
-    from smml_lib.serving.server import start_server
-
     with start_server(model, scheduler="continuous", max_batch=max_batch, max_queue=max_queue) as server:
         spec = loadgen.LoadSpec(server.model_name, loadgen.make_prompts(64), max_tokens=(4, 32), ignore_eos=True)
         loadgen.run_sync(loadgen.run_level(server.base_url, spec, concurrency=concurrency, num_requests=warmup,
@@ -54,8 +56,6 @@ def soak(model: str = "tiny", *, requests: int = 1000, concurrency: int = 32, ro
 
 def verdicts(run: dict) -> dict[str, tuple[bool, str]]:
     """Each target: (met?, the figures behind it)."""
-    import numpy as np
-
     df, rss, before, after = run["results"], run["rss"], run["before"], run["after"]
     statuses = df["status"].value_counts().to_dict()
     answered = len(df) == run["sent"] and df["index"].groupby(df["label"]).nunique().sum() == run["sent"]
@@ -85,7 +85,6 @@ def main(argv: list[str]) -> int:
     p.add_argument("--requests", type=int, default=1000)
     p.add_argument("--concurrency", type=int, default=32)
     args = p.parse_args(argv)
-    from smml_lib.perf.environment import cpu_name, device_name
 
     print(f"machine: {device_name()} / {cpu_name()}; model {args.model}; {args.requests} requests at concurrency "
           f"{args.concurrency} (continuous batching, 16 slots, queue 12)")

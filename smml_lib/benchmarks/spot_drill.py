@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import argparse
 
+from smml_lib.cost import metadata_service, spot_drill
+from smml_lib.distributed.train_config import TrainConfig
+
 
 def main(argv: list[str]) -> int:
-    from smml_lib.cost import metadata_service, spot_drill
-
     p = argparse.ArgumentParser(prog="smml bench spot_drill", description=__doc__.splitlines()[0])
     p.add_argument("--scenarios", default="notice,sigterm,kill")
     p.add_argument("--real", action="store_true", help="GPU sizes (as Lab 04-3 in real mode)")
@@ -21,11 +22,10 @@ def main(argv: list[str]) -> int:
     args = p.parse_args(argv)
     cfg = spot_drill.DrillConfig(nproc=args.nproc, echo=False)
     if args.real:
-        cfg = spot_drill.DrillConfig(max_steps=40, checkpoint_every=10, interrupt_after_step=25,
-                               notice_window_s=metadata_service.AWS_NOTICE_S, poll_s=metadata_service.AWS_POLL_S, strategy="fsdp",
-                               nproc=args.nproc, echo=False,
-                               worker_args=("--model", "preset:Llama-3.2-1B", "--layers", "4", "--seq-len", "512",
-                                            "--global-batch", "8", "--precision", "bf16"))
+        train = TrainConfig(model="preset:Llama-3.2-1B", layers=4, seq_len=512, global_batch=8, precision="bf16",
+                            strategy="fsdp", max_steps=40, checkpoint_every=10)
+        cfg = spot_drill.DrillConfig(train, interrupt_after_step=25, notice_window_s=metadata_service.AWS_NOTICE_S,
+                                     poll_s=metadata_service.AWS_POLL_S, nproc=args.nproc, echo=False)
     try:
         report = spot_drill.run_drill(cfg, [s.strip() for s in args.scenarios.split(",") if s.strip()])
     except (spot_drill.DrillError, RuntimeError) as exc:

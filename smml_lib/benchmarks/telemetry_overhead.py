@@ -18,6 +18,8 @@ import os
 import sys
 import time
 
+from smml_lib.perf.telemetry import Sampler
+
 TARGET_PCT = 1.0
 
 
@@ -32,7 +34,6 @@ def main(argv: list[str]) -> int:
     p.add_argument("--hz", type=float, default=10.0)
     p.add_argument("--pcie-interval", type=float, default=1.0, help="s between PCIe reads (NVML; inf = never)")
     args = p.parse_args(argv)
-    from smml_lib.perf.telemetry import Sampler
 
     c0 = _process_cpu_s()
     time.sleep(args.seconds)

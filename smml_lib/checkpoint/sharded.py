@@ -60,6 +60,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
+import torch
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
 from smml_lib.distributed.runtime import DistEnv, any_rank, barrier
 
 EXIT_STOPPED = 75  # EX_TEMPFAIL: stopped on request after saving a checkpoint; rerun with --resume
@@ -103,9 +108,6 @@ def read_meta(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def _rng_state() -> dict[str, Any]:
-    import numpy as np
-    import torch
-
     state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state()
@@ -113,9 +115,6 @@ def _rng_state() -> dict[str, Any]:
 
 
 def _set_rng_state(state: dict[str, Any]) -> None:
-    import numpy as np
-    import torch
-
     torch.set_rng_state(state["torch"])
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
@@ -139,10 +138,6 @@ def save_checkpoint(root: str | os.PathLike, step: int, model: Any, optimizer: A
     Every rank must call this at the same step. Returns where it went, its size and the save time
     (from the first rank starting to the last rank finishing, renaming included).
     """
-    import torch
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import get_state_dict
-
     root = Path(root)
     final, partial = step_dir(root, step), root / f".step_{step:08d}.partial"
     barrier(env)
@@ -178,10 +173,6 @@ def load_checkpoint(path: str | os.PathLike, model: Any, optimizer: Any, env: Di
     Works across strategies and world sizes (DCP re-shards). Random generator states are restored
     when the world size is the same as at save time.
     """
-    import torch
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
-
     path = Path(path)
     if not (path / "meta.json").exists():
         raise FileNotFoundError(f"{path} is not a complete checkpoint (no meta.json); use latest_checkpoint(root)")

@@ -12,6 +12,9 @@ Every Slurm command runs with a timeout; failures raise ``SlurmError`` / ``JobFa
 exit code, node and log tail (and the first failing rank's traceback when a worker recorded it).
 ``preempt`` sends the batch script the warning signal Slurm sends before a time limit. Without Slurm,
 ``submit_and_follow`` runs the same torchrun command on this machine (one node) and says so.
+
+Longer than ~300 lines because submitting, following, explaining a failure and the Slurm-less fallback are
+one protocol around ``JobRun``: split, each part would need the others' internals.
 """
 
 from __future__ import annotations
@@ -19,13 +22,19 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import signal
 import subprocess
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from smml_lib.cluster.sbatch import TorchrunJob, new_run_dir, render_sbatch, torchrun_line, write_script  # noqa: F401
+import pandas as pd
+
+from smml_lib.cluster.sbatch import TorchrunJob, write_script
+from smml_lib.distributed.job import LaunchError, failure_message, read_results
+from smml_lib.distributed.launcher import start
 
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE",
             "PREEMPTED", "SPECIAL_EXIT"}
@@ -94,15 +103,11 @@ class JobRun:
         return "\n".join(text.splitlines()[-tail:]) if tail else text
 
     def results(self, tag: str | None = None) -> Any:
-        """Every rank's result rows as one DataFrame (see ``smml_lib.distributed.launcher.read_results``)."""
-        from smml_lib.distributed.launcher import read_results
-
+        """Every rank's result rows as one DataFrame (see ``smml_lib.distributed.job.read_results``)."""
         return read_results(self.run_dir, tag)
 
     def attempt_results(self, tag: str | None = None) -> list[Any]:
         """Results of every attempt, oldest first: interrupted ones (before a requeue), then the last one."""
-        from smml_lib.distributed.launcher import read_results
-
         earlier = sorted(self.run_dir.glob("attempt*/results"), key=lambda p: int(p.parent.name[7:]))
         return [read_results(p.parent, tag) for p in earlier] + [self.results(tag)]
 
@@ -118,8 +123,6 @@ class JobRun:
         return self.timeline[-1]["t_s"] if self.timeline else 0.0
 
     def frame(self) -> Any:
-        import pandas as pd
-
         return pd.DataFrame(self.timeline)
 
 
@@ -218,8 +221,6 @@ def follow(run: JobRun, cluster: Any = None, *, timeout_s: float = 300.0, poll_s
 
 def failure_text(run: JobRun) -> str:
     """Why a job failed: state, exit code, nodes, the failing rank (if a worker recorded it) and the log tail."""
-    from smml_lib.distributed.launcher import failure_message
-
     code, _, sig = run.exit_code.partition(":")
     head = f"job {run.job_id} ended {run.state} (exit code {code or '?'}" + (f", signal {sig}" if sig not in ("", "0")
                                                                               else "") + f") on {run.nodes or '?'}"
@@ -251,8 +252,6 @@ def submit_and_follow(job: TorchrunJob, cluster: Any = None, *, timeout_s: float
 
 def queue_frame(cluster: Any = None) -> Any:
     """``squeue`` as a DataFrame: job id, name, state, elapsed, nodes, node list or pending reason."""
-    import pandas as pd
-
     out = slurm_cmd(["squeue", "-h", "-o", "%i|%j|%T|%M|%D|%R"], cluster.env if cluster is not None else None)
     rows = [line.split("|") for line in out.stdout.splitlines() if line.strip()]
     return pd.DataFrame(rows, columns=["job_id", "name", "state", "elapsed", "nodes", "nodelist_or_reason"])
@@ -260,8 +259,6 @@ def queue_frame(cluster: Any = None) -> Any:
 
 def nodes_frame(cluster: Any = None) -> Any:
     """``scontrol show nodes`` as a DataFrame: node, address, state, CPUs, GPUs (gres), partitions."""
-    import pandas as pd
-
     out = slurm_cmd(["scontrol", "show", "nodes", "-o"], cluster.env if cluster is not None else None)
     rows = []
     for line in out.stdout.splitlines():
@@ -280,11 +277,6 @@ def run_locally(job: TorchrunJob, *, reason: str = "", timeout_s: float = 300.0,
     The sbatch script is still written (it is what a cluster would run). A ``preempt_when`` drill sends
     SIGTERM to torchrun instead of SIGUSR1 to a batch script, and "requeues" by running the command again.
     """
-    import signal
-    import threading
-
-    from smml_lib.distributed.launcher import LaunchError, start
-
     script = write_script(job, run_dir)
     run = JobRun("local", script.parent, script, where="local")
     if echo:

@@ -31,10 +31,8 @@ from __future__ import annotations
 import argparse
 import atexit
 import contextlib
-import fcntl
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -42,12 +40,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from smml_lib.cluster.host import (  # noqa: F401 - SUBNET, preflight... are part of this module's API
-    BRIDGE, INSTALL_HINT, NODE_IFNAME, PACKAGES, SUBNET, ClusterError, alive, daemons_from_pid_files, link_names,
-    netns_names, record_daemon,
-    remove_network, stop_pids, create_network, which, host_veth, netns_name, node_addr, node_names,
-    preflight, processes_in_namespaces, run_cmd, state_dir, write_slurm_conf)
-
+from smml_lib.cluster.daemons import DownReport, healthy, read_state, start_daemons, state_lock, stop_daemons
+from smml_lib.cluster.host import (
+    INSTALL_HINT,
+    NODE_IFNAME,
+    PACKAGES,
+    ClusterError,
+    alive,
+    host_veth,
+    node_addr,
+    node_names,
+    preflight,
+    run_cmd,
+    state_dir,
+    which,
+)
 
 # --- the cluster object -------------------------------------------------------------------------------
 
@@ -100,59 +107,10 @@ class Cluster:
         return f"{self.kind} Slurm cluster, nodes {where}; {how}"
 
 
-@dataclass
-class DownReport:
-    stopped: list[str]  # daemons and processes stopped
-    removed: list[str]  # interfaces and namespaces deleted
-    leftovers: list[str]  # anything still there afterwards (should be empty)
-    seconds: float
-
-    @property
-    def clean(self) -> bool:
-        return not self.leftovers
-
-
-@contextlib.contextmanager
-def _lock() -> Iterator[None]:
-    """One up/down at a time on this machine (two notebooks starting the cluster at once)."""
-    path = Path(str(state_dir()) + ".lock")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def _read_state() -> dict[str, Any] | None:
-    with contextlib.suppress(OSError, ValueError):
-        return json.loads((state_dir() / "state.json").read_text())
-    return None
-
-
-def _write_state(state: dict[str, Any]) -> None:
-    path = state_dir() / "state.json"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(state, indent=1))
-    os.replace(tmp, path)
-
-
 def _cluster_from_state(state: dict[str, Any], *, started_here: bool = False, up_s: float = 0.0) -> Cluster:
     nodes = state["nodes"]
     return Cluster("local", "local cluster (network namespaces)", Path(state["conf"]), nodes,
                    {n: node_addr(n) for n in nodes}, NODE_IFNAME, started_here, up_s)
-
-
-def _healthy(state: dict[str, Any]) -> bool:
-    if not all(alive(d) for d in state.get("daemons", [])):
-        return False
-    try:
-        out = run_cmd(["sinfo", "-h", "-N", "-o", "%N %t"], env={"SLURM_CONF": state["conf"]}, timeout_s=5)
-    except ClusterError:
-        return False
-    states = dict(line.split() for line in out.stdout.splitlines() if line.strip())
-    return all(states.get(n, "").rstrip("*") in ("idle", "mix", "alloc", "comp") for n in state["nodes"])
 
 
 def up(*, num_nodes: int = 2, cpus_per_node: int | None = None, timeout_s: float = 60.0) -> Cluster:
@@ -166,80 +124,18 @@ def up(*, num_nodes: int = 2, cpus_per_node: int | None = None, timeout_s: float
     problems = preflight()
     if problems:
         raise ClusterError("cannot start the local Slurm cluster: " + "; ".join(problems))
-    with _lock():
-        state = _read_state()
-        if state and _healthy(state):
+    with state_lock():
+        state = read_state()
+        if state and healthy(state):
             return _cluster_from_state(state)
-        _down_locked(quiet=True)  # stale leftovers of a crashed run
+        stop_daemons(quiet=True)  # stale leftovers of a crashed run
         t0 = time.monotonic()
         try:
-            cluster = _up_locked(node_names(num_nodes), cpus_per_node or os.cpu_count() or 1, timeout_s)
+            state = start_daemons(node_names(num_nodes), cpus_per_node or os.cpu_count() or 1, timeout_s)
         except BaseException:
-            _down_locked(quiet=True)
+            stop_daemons(quiet=True)
             raise
-        cluster.up_s = time.monotonic() - t0
-        return cluster
-
-
-def _up_locked(nodes: list[str], cpus: int, timeout_s: float) -> Cluster:
-    d = state_dir()
-    for sub in ("state", "spool", "run"):
-        shutil.rmtree(d / sub, ignore_errors=True)
-    for sub in ["munge", "state", "log", "run", *[f"spool/{n}" for n in nodes]]:
-        (d / sub).mkdir(parents=True, exist_ok=True)
-    (d / "munge").chmod(0o755)  # munged: the socket's folder must be searchable by all
-    key = d / "munge" / "munge.key"
-    if not key.exists():
-        key.write_bytes(os.urandom(1024))
-        key.chmod(0o400)
-    conf = write_slurm_conf(d, nodes, cpus)
-    state: dict[str, Any] = {"conf": str(conf), "nodes": nodes, "daemons": [], "started_utc": time.time()}
-    _write_state(state)
-    env = {"SLURM_CONF": str(conf)}
-    log = open(d / "log" / "daemons.out", "ab")  # noqa: SIM115 - daemons inherit it, never a pipe
-
-    def start(name: str, cmd: list[str], pid_file: Path) -> None:
-        exe = which(cmd[0]) or cmd[0]
-        subprocess.run([exe, *cmd[1:]], stdout=log, stderr=log, stdin=subprocess.DEVNULL, timeout=20, check=True,
-                       env={**os.environ, **env})
-        state["daemons"].append(record_daemon(name, pid_file))
-        _write_state(state)
-
-    try:
-        munge = d / "munge"
-        start("munged", ["munged", f"--socket={munge / 'munge.socket'}", f"--key-file={key}",
-                         f"--log-file={d / 'log' / 'munged.log'}", f"--pid-file={d / 'run' / 'munged.pid'}",
-                         f"--seed-file={munge / 'munged.seed'}"], d / "run" / "munged.pid")
-        state["network"] = True
-        _write_state(state)
-        create_network(nodes)
-        start("slurmctld", ["slurmctld", "-f", str(conf)], d / "run" / "slurmctld.pid")
-        for n in nodes:  # nsenter --net only: `ip netns exec` would remount /sys and slurmd fails on cgroups
-            # own UTS namespace too: processes on node1 see the host name "node1", as on a real cluster
-            start(f"slurmd {n}", ["nsenter", f"--net=/var/run/netns/{netns_name(n)}", "unshare", "--uts", "sh", "-c",
-                                  f'hostname {n} && exec slurmd -f "$0" -N {n}', str(conf)],
-                  d / "run" / f"slurmd-{n}.pid")
-    except subprocess.CalledProcessError as exc:
-        raise ClusterError(f"{exc.cmd[0]} exited with {exc.returncode}: {_log_tail(d)}") from None
-    except subprocess.TimeoutExpired as exc:
-        raise ClusterError(f"{exc.cmd[0]} did not return within 20 s: {_log_tail(d)}") from None
-    finally:
-        log.close()
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if _healthy(state):
-            return _cluster_from_state(state, started_here=True)
-        time.sleep(0.2)
-    raise ClusterError(f"the nodes did not become idle within {timeout_s:.0f} s: {_log_tail(d)}")
-
-
-def _log_tail(d: Path, lines: int = 4) -> str:
-    parts = []
-    for f in sorted((d / "log").glob("*.log")):
-        tail = f.read_text(errors="replace").strip().splitlines()[-lines:]
-        if tail:
-            parts.append(f"--- {f.name} ---\n" + "\n".join(tail))
-    return "\n".join(parts) or f"(no logs in {d / 'log'})"
+        return _cluster_from_state(state, started_here=True, up_s=time.monotonic() - t0)
 
 
 def ensure(kind: str = "auto", *, stop_at_exit: bool = True) -> Cluster:
@@ -264,7 +160,7 @@ def ensure(kind: str = "auto", *, stop_at_exit: bool = True) -> Cluster:
         cluster = up()
     except ClusterError as exc:
         return Cluster("none", str(exc))
-    started = (_read_state() or {}).get("started_utc")
+    started = (read_state() or {}).get("started_utc")
     if cluster.started_here:
         _OWNED["started_utc"] = started
         if stop_at_exit and not _OWNED.get("atexit"):
@@ -281,7 +177,7 @@ _OWNED: dict[str, Any] = {}  # the cluster this process started (its state's sta
 def _stop_at_exit() -> None:
     """At interpreter exit, stop the cluster this process started, from a detached process: a notebook
     kernel can be killed a moment after its exit handlers begin, and a half-done teardown helps nobody."""
-    state = _read_state()
+    state = read_state()
     if not state or state.get("started_utc") != _OWNED.get("started_utc"):
         return
     subprocess.Popen([sys.executable, "-c", "from smml_lib.cluster.local_cluster import cli; cli(['down'])"],
@@ -315,7 +211,7 @@ def _is_local_conf() -> bool:
 
 def status() -> dict[str, Any]:
     """What is running: nodes (from sinfo), daemons (by recorded PID), interfaces and link limits."""
-    state = _read_state()
+    state = read_state()
     info: dict[str, Any] = {"up": False, "state_dir": str(state_dir()), "daemons": [], "nodes": [], "links": {}}
     if not state:
         return info
@@ -327,7 +223,7 @@ def status() -> dict[str, Any]:
         with contextlib.suppress(ClusterError):
             q = run_cmd(["tc", "qdisc", "show", "dev", host_veth(n)], timeout_s=5)
             info["links"][host_veth(n)] = q.stdout.strip().splitlines()[0] if q.stdout.strip() else ""
-    info["up"] = _healthy(state)
+    info["up"] = healthy(state)
     info["conf"] = state["conf"]
     return info
 
@@ -339,7 +235,7 @@ def set_link_limit(rate_mbit: float | None, *, burst_kb: int | None = None) -> l
     node-to-node traffic crosses exactly one limited link. Loopback traffic inside a node is unaffected.
     ``None`` removes the limits. Returns the ``tc`` commands run.
     """
-    state = _read_state()
+    state = read_state()
     if not state:
         raise ClusterError("the local cluster is not running (smml cluster up)")
     cmds = []
@@ -370,71 +266,8 @@ def link_limit(rate_mbit: float) -> Iterator[list[str]]:
 
 def down(timeout_s: float = 30.0) -> DownReport:
     """Stop the local cluster and remove everything it created; verifies that nothing is left."""
-    with _lock():
-        return _down_locked(timeout_s=timeout_s)
-
-
-def _down_locked(timeout_s: float = 30.0, quiet: bool = False) -> DownReport:
-    t0 = time.monotonic()
-    state = _read_state() or {}
-    nodes = state.get("nodes") or node_names(2)
-    daemons = state.get("daemons", [])
-    daemons = daemons + daemons_from_pid_files(state_dir() / "run", daemons)  # a start that failed half-way
-    env = {"SLURM_CONF": state["conf"]} if state.get("conf") else {}
-    stopped: list[str] = []
-    ctld = [d for d in daemons if d["name"] == "slurmctld" and alive(d)]
-    if ctld:
-        with contextlib.suppress(ClusterError):  # 1. jobs first, so their steps end cleanly
-            ids = run_cmd(["squeue", "-h", "-o", "%i"], env=env, timeout_s=5).stdout.split()
-            if ids:
-                run_cmd(["scancel", *ids], env=env, timeout_s=10)
-                stopped.append(f"jobs {', '.join(ids)}")
-                end = time.monotonic() + min(15.0, timeout_s / 2)
-                while time.monotonic() < end and run_cmd(["squeue", "-h", "-o", "%i"], env=env, timeout_s=5).stdout.strip():
-                    time.sleep(0.2)
-        with contextlib.suppress(ClusterError):  # 2. controller and node daemons
-            run_cmd(["scontrol", "shutdown"], env=env, timeout_s=10)
-        end = time.monotonic() + 10
-        while time.monotonic() < end and any(alive(d) for d in daemons if d["name"] != "munged"):
-            time.sleep(0.1)
-    slurm = [d for d in daemons if d["name"] != "munged"]
-    killed = stop_pids([d["pid"] for d in slurm if alive(d)], 5.0)
-    stopped += [f"{d['name']} (pid {d['pid']})" for d in slurm]
-    leftovers_ns = processes_in_namespaces(nodes)  # 3. job processes still inside our namespaces
-    if leftovers_ns:
-        stop_pids(leftovers_ns, 5.0)
-        stopped.append(f"{len(leftovers_ns)} process(es) left in the node namespaces")
-    for d in daemons:  # 4. munged last: slurm needs it to shut down
-        if d["name"] == "munged":
-            if alive(d):
-                stop_pids([d["pid"]], 5.0)
-            stopped.append(f"munged (pid {d['pid']})")
-    removed = remove_network(nodes)
-    for sub in ("state", "spool", "run"):
-        shutil.rmtree(state_dir() / sub, ignore_errors=True)
-    with contextlib.suppress(FileNotFoundError):
-        (state_dir() / "state.json").unlink()
-    leftovers = _leftovers(nodes, daemons)
-    if killed:
-        stopped.append(f"killed (did not stop in time): {killed}")
-    report = DownReport(stopped, removed, leftovers, time.monotonic() - t0)
-    if leftovers and not quiet:
-        raise ClusterError(f"after down, still present: {leftovers}")
-    return report
-
-
-def _leftovers(nodes: list[str], daemons: list[dict[str, Any]]) -> list[str]:
-    left = [f"{d['name']} (pid {d['pid']})" for d in daemons if alive(d)]
-    if which("ip") is not None:
-        deadline = time.monotonic() + 5
-        while True:
-            ours = {host_veth(n) for n in nodes} | {BRIDGE}
-            names = sorted((link_names() & ours) | (netns_names() & {netns_name(n) for n in nodes}))
-            if not names or time.monotonic() > deadline:
-                break
-            time.sleep(0.1)
-        left += names
-    return left
+    with state_lock():
+        return stop_daemons(timeout_s=timeout_s)
 
 
 def cli(argv: list[str]) -> int:

@@ -1,53 +1,70 @@
 """Module 03 lab helpers: the course's workers as multi-node Slurm jobs, their summaries and plots.
 
-The notebooks stay short: ``train_job`` / ``collectives_job`` build a ``slurm.TorchrunJob`` for the lab's
-mode (tiny model and 1 process per node in smoke mode; Llama-3.2-1B-sized and 4 GPUs per node on the
-course's 2 x g6.12xlarge), ``training_summary`` / ``busbw_frame`` turn finished jobs into tables, and the
-plots go through ``smml_lib.common.plots``.
+The notebooks stay short and keep their sizes in their parameters cell: they describe the training run as
+a ``TrainConfig`` and the machines as ``Resources``; ``train_job`` / ``collectives_job`` turn those into a
+``TorchrunJob``; ``training_summary`` / ``busbw_frame`` turn finished jobs into tables; the plots go
+through ``smml_lib.common.plots``.
 """
 
 from __future__ import annotations
 
+import datetime as _dt
+import uuid
+from dataclasses import dataclass
 from typing import Any
 
-from smml_lib.common import plots
+import pandas as pd
+
 from smml_lib.cluster.jobs import JobRun, TorchrunJob
+from smml_lib.common import plots
+from smml_lib.common.display import show
+from smml_lib.common.paths import output_dir
+from smml_lib.distributed.collectives import summarize
+from smml_lib.distributed.train_config import TrainConfig
+
+JOB_CHECKPOINTS = "$SMML_RUN_DIR/ckpt"  # a job's checkpoints, in its run folder on the shared file system
 
 
-def resources(lab: Any) -> dict[str, Any]:
-    """Nodes, processes and GPUs per node for the lab's mode: 2 whole g6.12xlarge (4 L4 each) on the course
-    cluster (``exclusive``: no other job shares the node's GPUs, CPUs, PCIe or network), 2 x 1 process on
-    the local one."""
-    gpus = lab.pick(smoke=0, real=4)
-    return {"nodes": 2, "nproc_per_node": lab.pick(smoke=1, real=gpus), "gpus_per_node": gpus,
-            "exclusive": not lab.smoke}
+@dataclass(frozen=True)
+class Resources:
+    """What a job asks Slurm for on each node. ``exclusive``: no other job shares the node's GPUs, CPUs,
+    PCIe or network (a real cluster); the local cluster's nodes share one machine, so not there."""
+
+    nodes: int
+    nproc_per_node: int
+    gpus_per_node: int
+    exclusive: bool
+
+    @property
+    def world_size(self) -> int:
+        return self.nodes * self.nproc_per_node
 
 
-def train_args(lab: Any, *, steps: int, checkpoint_every: int = 0, resume: bool = False,
-               checkpoint_dir: str = "$SMML_RUN_DIR/ckpt") -> list[str]:
-    """``smml_lib.distributed.workers.train`` flags: DDP on the tiny Llama (smoke) or FSDP on a 1B-sized Llama in bf16 (real)."""
-    args = ["--model", lab.pick(smoke="tiny", real="preset:Llama-3.2-1B"),
-            "--strategy", lab.pick(smoke="ddp", real="fsdp"), "--precision", lab.pick(smoke="fp32", real="bf16"),
-            "--seq-len", str(lab.pick(smoke=64, real=1024)), "--global-batch", str(lab.pick(smoke=8, real=16)),
-            "--max-steps", str(steps), "--warmup-steps", "1", "--no-measure-memory"]
-    if checkpoint_every or resume:
-        args += ["--checkpoint-dir", checkpoint_dir, "--checkpoint-every", str(checkpoint_every), "--keep-last", "4"]
-    return args + (["--resume"] if resume else [])
+def resources(lab: Any, gpus_per_node: int, nodes: int = 2) -> Resources:
+    """Real mode: ``nodes`` whole GPU nodes, one process per GPU (2 x g6.12xlarge: 4 L4 each). Smoke mode: one
+    CPU process on each node of the local cluster."""
+    if lab.smoke:
+        return Resources(nodes, 1, 0, False)
+    return Resources(nodes, gpus_per_node, gpus_per_node, True)
 
 
-def train_job(lab: Any, name: str, **kwargs: Any) -> TorchrunJob:
-    """A 2-node training job of ``smml_lib.distributed.workers.train`` (see ``train_args`` for the flags)."""
-    return TorchrunJob("train", train_args(lab, **kwargs), name=name, time_limit="00:20:00", **resources(lab))
+def worker_job(worker: str, args: list[str], name: str, res: Resources, *, time_limit: str = "00:10:00") -> TorchrunJob:
+    """A multi-node job of one of the course's workers (``smml_lib.distributed.workers.<worker>``) on ``res``."""
+    return TorchrunJob(worker, args, nodes=res.nodes, nproc_per_node=res.nproc_per_node,
+                       gpus_per_node=res.gpus_per_node, exclusive=res.exclusive, name=name, time_limit=time_limit)
 
 
-def collectives_job(lab: Any, name: str, *, nodes: int, nproc_per_node: int) -> TorchrunJob:
-    """An all-reduce sweep (``smml_lib.distributed.workers.collectives``) on ``nodes`` x ``nproc_per_node`` processes."""
-    args = ["--ops", "all_reduce", "--min-bytes", lab.pick(smoke="16K", real="1M"),
-            "--max-bytes", lab.pick(smoke="4M", real="1G"), "--factor", "4",
-            "--iters", str(lab.pick(smoke=4, real=20)), "--warmup", str(lab.pick(smoke=1, real=5))]
-    gpus = nproc_per_node if not lab.smoke else 0
-    return TorchrunJob("collectives", args, nodes=nodes, nproc_per_node=nproc_per_node, gpus_per_node=gpus,
-                       exclusive=not lab.smoke, name=name, time_limit="00:10:00")
+def train_job(run: TrainConfig, name: str, res: Resources, *, time_limit: str = "00:20:00") -> TorchrunJob:
+    """A multi-node job of the training worker running ``run``."""
+    return worker_job("train", run.argv(), name, res, time_limit=time_limit)
+
+
+def collectives_job(name: str, res: Resources, *, max_bytes: str, min_bytes: str = "16K", iters: int = 20,
+                    warmup: int = 5, time_limit: str = "00:10:00") -> TorchrunJob:
+    """An all-reduce sweep (the collectives worker) from ``min_bytes`` to ``max_bytes``, factor 4 between sizes."""
+    args = ["--ops", "all_reduce", "--min-bytes", min_bytes, "--max-bytes", max_bytes, "--factor", "4",
+            "--iters", str(iters), "--warmup", str(warmup)]
+    return worker_job("collectives", args, name, res, time_limit=time_limit)
 
 
 def rank0(run: JobRun, tag: str | None = None) -> Any:
@@ -60,8 +77,6 @@ def rank0(run: JobRun, tag: str | None = None) -> Any:
 
 def training_summary(runs: dict[str, JobRun]) -> Any:
     """One row per training job: where it ran, step time, throughput, final loss, restarts, checkpoints."""
-    import pandas as pd
-
     rows = []
     for label, run in runs.items():
         r = rank0(run)
@@ -77,8 +92,6 @@ def training_summary(runs: dict[str, JobRun]) -> Any:
 
 def losses_frame(runs: dict[str, JobRun]) -> Any:
     """Loss per global step per job (rank 0), long format: run, step, loss."""
-    import pandas as pd
-
     rows = []
     for label, run in runs.items():
         for attempt, df in enumerate(run.attempt_results()):
@@ -120,10 +133,6 @@ def plot_timeline(runs: dict[str, JobRun], name: str) -> Any:
 
 def busbw_frame(runs: dict[str, JobRun]) -> Any:
     """The all-reduce sweep of each collectives job (slowest rank per size), labelled by run."""
-    import pandas as pd
-
-    from smml_lib.distributed.workers.collectives import summarize
-
     parts = []
     for label, run in runs.items():
         s = summarize(run.results("collectives"))
@@ -154,25 +163,11 @@ def allreduce_bytes_per_rank(size_bytes: float, world_size: int) -> float:
 
 def show_script(script_text: str, keep: tuple[str, ...] = ()) -> None:
     """Show an sbatch script (or only the lines containing ``keep`` words) as a highlighted block."""
-    from smml_lib.common.display import show
-
     lines = script_text.splitlines()
     if keep:
         lines = [ln for ln in lines if any(k in ln for k in keep)]
     text = "\n".join(lines)
     show(text, markdown=f"```bash\n{text}\n```")
-
-
-def model_config(lab: Any) -> dict[str, Any]:
-    """The trained model's config: the tiny Llama (smoke) or Llama-3.2-1B's published shape (real)."""
-    import json
-
-    from smml_lib.models.anatomy import preset_config
-    from smml_lib.models.tiny import tiny_llama_path
-
-    if lab.smoke:
-        return json.loads((tiny_llama_path() / "config.json").read_text())
-    return preset_config("Llama-3.2-1B")
 
 
 def comm_bytes_per_step(strategy: str, params: int, world_size: int) -> float:
@@ -202,9 +197,4 @@ def checkpoint_bytes_predicted(params: int) -> float:
 
 def fresh_folder(name: str) -> Any:
     """A new, empty folder ``<outputs>/<name>/<time>-<random>`` (a re-run cell never reuses an old one)."""
-    import datetime as _dt
-    import uuid
-
-    from smml_lib.common.paths import output_dir
-
     return output_dir(name, f"{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}")

@@ -29,6 +29,10 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from smml_lib.common.paths import output_dir
+from smml_lib.distributed.launcher import torchrun_command
+from smml_lib.distributed.runtime import choose_backend
+
 _ADDR_OF = "sed -n 's/.*NodeAddr=\\([^ ]*\\).*/\\1/p'"
 
 
@@ -50,7 +54,7 @@ class TorchrunJob:
     signal_lead_s: int = 90  # SIGUSR1 this long before the time limit: finish a step and save in time
     rdzv_port: int | None = None  # None: 20000 + a number from the job id and restart (see render_sbatch)
     socket_ifname: str | None = None  # None: each node uses the interface carrying its Slurm address
-    backend: str = "auto"  # SMML_BACKEND: auto = nccl when gpus_per_node > 0, else gloo
+    backend: str = "auto"  # SMML_BACKEND: auto = nccl when each process has a GPU (runtime.choose_backend)
     env: dict[str, str] = field(default_factory=dict)
     python: str = field(default_factory=lambda: sys.executable)  # same path on every node (shared install)
 
@@ -61,8 +65,6 @@ class TorchrunJob:
 
 def new_run_dir(job: TorchrunJob) -> Path:
     """A fresh folder for one job under ``<outputs>/slurm`` (must be on a file system all nodes share)."""
-    from smml_lib.common.paths import output_dir
-
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     return output_dir("slurm", f"{stamp}-{job.name}-{uuid.uuid4().hex[:6]}")
 
@@ -74,8 +76,6 @@ def _shell_word(token: str) -> str:
 
 def torchrun_line(job: TorchrunJob) -> str:
     """The per-node torchrun command (shell text, expanded on each node), built by ``launcher.torchrun_command``."""
-    from smml_lib.distributed.launcher import torchrun_command
-
     argv = torchrun_command(job.worker, job.args, nproc=job.nproc_per_node, nnodes=job.nodes,
                             rdzv_endpoint="$HEAD_ADDR:$RDZV_PORT", rdzv_id="$SLURM_JOB_ID-$RESTART",
                             python=job.python, log_dir="$SMML_RUN_DIR/logs/$SLURMD_NODENAME-$RESTART")
@@ -87,7 +87,7 @@ def torchrun_line(job: TorchrunJob) -> str:
 def render_sbatch(job: TorchrunJob, run_dir: str | Path) -> str:
     """The sbatch script for ``job`` with logs, results and checkpoints in ``run_dir`` (a shared folder)."""
     run_dir = Path(run_dir)
-    backend = job.backend if job.backend != "auto" else ("nccl" if job.gpus_per_node else "gloo")
+    backend = choose_backend(job.backend, gpus_per_node=job.gpus_per_node, processes_per_node=job.nproc_per_node)
     directives = [f"--job-name={job.name}", f"--nodes={job.nodes}",
                   "--ntasks-per-node=1              # one torchrun per node; it starts the per-GPU processes"]
     if job.gpus_per_node:
@@ -113,7 +113,7 @@ def render_sbatch(job: TorchrunJob, run_dir: str | Path) -> str:
         """$(ip -o -4 addr show | awk -v ip="$NODE_IP" '{split($4, a, "/"); if (a[1] == ip) {print $2; exit}}')"""
     return f"""#!/bin/bash
 # {job.nodes}-node torchrun job: {job.worker} {' '.join(job.args)}
-# Written by smml_lib.cluster.jobs.render_sbatch. Submit with: sbatch {run_dir}/job.sbatch
+# Written by smml_lib.cluster.sbatch.render_sbatch. Submit with: sbatch {run_dir}/job.sbatch
 {chr(10).join('#SBATCH ' + d for d in directives)}
 set -uo pipefail
 

@@ -8,7 +8,7 @@ from typing import Any
 def in_notebook() -> bool:
     """True inside a Jupyter kernel (JupyterLab, papermill), False in a plain Python process."""
     try:
-        from IPython import get_ipython
+        from IPython import get_ipython  # deferred: only inside Jupyter
 
         shell = get_ipython()
         return shell is not None and shell.__class__.__name__ == "ZMQInteractiveShell"
@@ -21,7 +21,7 @@ def show(text: str, *, html: str | None = None, markdown: str | None = None, dat
     if not in_notebook():
         print(text)
         return
-    from IPython.display import display
+    from IPython.display import display  # deferred: only inside Jupyter
 
     bundle: dict[str, Any] = {"text/plain": text}
     if html:
@@ -38,7 +38,7 @@ def format_number(value: Any) -> str:
     if isinstance(value, bool) or value is None:
         return str(value)
     try:
-        import numpy as np
+        import numpy as np  # deferred: optional
 
         if isinstance(value, (int, np.integer)):
             return f"{int(value):,}"
@@ -68,7 +68,7 @@ def show_frame(df: Any, caption: str | None = None, float_format: Any = None) ->
         print(df.to_string(formatters={c: (fmt.format if isinstance(fmt, str) else fmt)
                                        for c in df.select_dtypes("number").columns}))
         return
-    from IPython.display import display
+    from IPython.display import display  # deferred: only inside Jupyter
 
     styler = df.style.format(fmt, subset=df.select_dtypes("number").columns).hide(axis="index")
     if caption:

@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import matplotlib
+from matplotlib.ticker import NullFormatter, ScalarFormatter
 
+from smml_lib.common.device import device_name
 from smml_lib.common.display import in_notebook
 from smml_lib.common.paths import output_dir
 
@@ -37,8 +39,6 @@ def figure(nrows: int = 1, ncols: int = 1, *, size: tuple[float, float] | None =
 
 
 def _default_caption() -> str:
-    from smml_lib.perf.environment import device_name
-
     return f"{device_name()} · {_dt.date.today().isoformat()}"
 
 
@@ -52,7 +52,7 @@ def finish(fig: Any, name: str | None = None, *, caption: str | None = None, sho
         path = output_dir("figures") / f"{name}.png"
         fig.savefig(path, dpi=120)
     if show and in_notebook():
-        from IPython.display import display
+        from IPython.display import display  # deferred: only inside Jupyter
 
         display(fig)
     plt.close(fig)
@@ -69,8 +69,6 @@ def _series(ax: Any, df: Any, x: str, y: str, hue: str | None, marker: str, labe
 
 def log_axis_with_data_ticks(ax: Any, values: Any, axis: str = "x") -> None:
     """Log scale whose tick labels are the plotted values themselves (16, 64, 256), not 2x10^1."""
-    from matplotlib.ticker import NullFormatter, ScalarFormatter
-
     ticks = sorted({float(v) for v in values if v and v > 0})
     set_scale, set_ticks, ax_obj = ((ax.set_xscale, ax.set_xticks, ax.xaxis) if axis == "x"
                                     else (ax.set_yscale, ax.set_yticks, ax.yaxis))

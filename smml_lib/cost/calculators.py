@@ -16,6 +16,13 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
+import pandas as pd
+
+from smml_lib.common import plots
+from smml_lib.models.scaling import training_flops, training_time_s
+from smml_lib.perf.hardware import SPECS
+from smml_lib.perf.results import load_result
+
 HOURS_PER_MONTH = 730.0  # 8760 h / 12: the monthly hours AWS price pages and calculators use
 SECONDS_PER_HOUR = 3600.0
 
@@ -33,16 +40,6 @@ def cost_per_million_tokens(usd_per_hour: float, tokens_per_s: float, *, utiliza
 
 
 # -------------------------------------------------------------------------------------------- training
-def training_flops(params: float, tokens: float) -> float:
-    """C ≈ 6·N·D: 2 FLOPs per parameter per token forward, 4 backward (Kaplan et al. 2020)."""
-    try:  # Module 02's scaling-law helpers are the course's one definition when they are there
-        from smml_lib.models.scaling import training_flops as _module02
-
-        return float(_module02(float(params), float(tokens)))
-    except (ImportError, AttributeError, TypeError):
-        return 6.0 * float(params) * float(tokens)  # floats: numpy int64 products overflow past 9.2e18
-
-
 @dataclass
 class TrainingRunCost:
     params: float
@@ -72,12 +69,7 @@ def training_run_cost(params: float, tokens: float, *, gpus: int, peak_tflops_pe
     if not 0 < mfu <= 1:
         raise ValueError(f"mfu is a fraction of peak in (0, 1], got {mfu}")
     flops = training_flops(params, tokens)
-    try:  # Module 02's scaling-law helpers, the course's one definition, when they are there
-        from smml_lib.models.scaling import training_time_s
-
-        wall_s = float(training_time_s(flops, gpus, peak_tflops_per_gpu, mfu))
-    except (ImportError, AttributeError, TypeError):
-        wall_s = flops / (gpus * peak_tflops_per_gpu * 1e12 * mfu)
+    wall_s = training_time_s(flops, gpus, peak_tflops_per_gpu, mfu)
     wall_h = wall_s / SECONDS_PER_HOUR
     instances = gpus / gpus_per_instance
     return TrainingRunCost(params, tokens, flops, gpus, peak_tflops_per_gpu, mfu, wall_h, wall_h * gpus,
@@ -132,8 +124,6 @@ def purchase_options(on_demand_usd_per_h: float, *, spot_usd_per_h: float | None
     ``spot_overhead`` = expected wall time / work (from ``spotcalc.spot_run``): spot's price per *useful* hour is
     spot price × overhead. Break-even utilization is given for the options that bill committed hours.
     """
-    import pandas as pd
-
     terms = terms or CommitmentTerms()
     od = on_demand_usd_per_h
     rows = [("On-Demand", od, "hours used", float("nan"), "no", price_basis)]
@@ -161,8 +151,6 @@ def purchase_options(on_demand_usd_per_h: float, *, spot_usd_per_h: float | None
 
 def monthly_cost_vs_usage(options: Any, used_h_per_month: Sequence[float]) -> Any:
     """Monthly cost of each option as a function of the hours you actually use (for the break-even chart)."""
-    import pandas as pd
-
     rows = []
     for _, o in options.iterrows():
         committed = o["pays_for"].startswith("every")
@@ -176,8 +164,6 @@ def monthly_cost_vs_usage(options: Any, used_h_per_month: Sequence[float]) -> An
 
 def plot_break_even(options: Any, name: str = "m04_break_even", title: str = "") -> None:
     """Monthly cost against hours used per month: flat lines (commitments) cross the on-demand ramp at break-even."""
-    from smml_lib.common import plots
-
     hours = list(range(0, int(HOURS_PER_MONTH) + 1, 10))
     curve = monthly_cost_vs_usage(options, hours)
     fig, ax = plots.figure(size=(7, 4), title=title or "Monthly cost vs hours used")
@@ -206,8 +192,6 @@ def idle_waste(telemetry: Any, usd_per_hour: float, *, util_col: str | None = No
     mean utilization, and per paid hour the idle dollars (share × price per device) and the unused-capacity
     dollars ((1 − mean util) × price per device, an upper bound: busy is not the same as efficient).
     """
-    import pandas as pd
-
     col = util_col or next((c for c in UTIL_COLUMNS if c in telemetry.columns), None)
     if col is None:
         raise KeyError(f"no utilization column among {UTIL_COLUMNS}; pass util_col= (columns: {list(telemetry.columns)})")
@@ -246,8 +230,6 @@ def per_token_costs(throughput: Any, tokens_col: str, *, usd_per_instance_hour: 
 def training_cost_table(params: float, tokens: float, mfu: float, prices: Any) -> Any:
     """Wall time and cost of one training run on one instance of each type in ``prices`` (a price table frame),
     all GPUs of the instance busy at the same MFU (an assumption outside the hardware MFU was measured on)."""
-    import pandas as pd
-
     rows = []
     for _, r in prices.iterrows():
         spec = accelerator_spec(r["accelerator"])
@@ -270,8 +252,6 @@ SPEC_FOR_ACCELERATOR = {"NVIDIA L4": "L4", "NVIDIA A10G": "A10G", "NVIDIA A100":
 
 def accelerator_spec(accelerator: str) -> Any:
     """The ``AcceleratorSpec`` of an instance's accelerator name as the price table lists it (None if unknown)."""
-    from smml_lib.perf.hardware import SPECS
-
     name = SPEC_FOR_ACCELERATOR.get(accelerator)
     return next((s for s in SPECS if s.name == name), None)
 
@@ -296,8 +276,6 @@ def load_inputs(name: str, mode: str, required: Sequence[str], fallback: Any, fa
     ``fallback`` is a DataFrame computed from a labelled prediction or assumption; ``fallback_label`` says
     which (it is shown as is, so start it with PREDICTION or ASSUMPTION).
     """
-    from smml_lib.perf.results import load_result
-
     kind = fallback_label.split()[0].strip(":").lower()  # "prediction" or "assumption"
     try:
         res = load_result(name, mode=mode)
@@ -318,8 +296,6 @@ def decode_roofline(batch_sizes: Sequence[int], *, weight_bytes: float, params: 
                     peak_tflops: float) -> Any:
     """Upper bound on decode tokens/s per accelerator: every step reads all weights once (memory bound)
     until 2·params FLOPs per token hit the compute peak. KV-cache reads are ignored, so it is optimistic."""
-    import pandas as pd
-
     mem_bound = bandwidth_gbs * 1e9 / weight_bytes  # steps per second, each step makes `batch` tokens
     compute_bound = peak_tflops * 1e12 / (2 * params)
     return pd.DataFrame({"batch_size": list(batch_sizes),

@@ -15,6 +15,8 @@ import json
 import secrets
 import threading
 import time
+import urllib.error
+import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -138,9 +140,6 @@ class NoticeServer:
 
 def get_notice(url: str, timeout_s: float = 1.0) -> dict[str, Any] | None:
     """One poll: the notice as a dict, or ``None`` on 404 (what a worker does every few seconds)."""
-    import urllib.error
-    import urllib.request
-
     try:
         with urllib.request.urlopen(url, timeout=timeout_s) as resp:  # noqa: S310 - a URL we were given
             return json.loads(resp.read().decode())

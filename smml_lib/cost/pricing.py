@@ -20,6 +20,7 @@ exactly one came back rather than silently taking the first.
 
 from __future__ import annotations
 
+import argparse
 import datetime as _dt
 import json
 import os
@@ -27,6 +28,14 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable
+
+import pandas as pd
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+
+from smml_lib.common import plots
+from smml_lib.common.credentials import aws_credentials_source, on_ec2, redact
+from smml_lib.common.display import show_frame
 
 SNAPSHOT_PATH = Path(__file__).resolve().parents[1] / "data" / "prices_aws_snapshot.json"
 COURSE_INSTANCES = ("g6.xlarge", "g6.12xlarge", "g6.48xlarge", "g5.12xlarge", "p4d.24xlarge", "p5.48xlarge",
@@ -69,16 +78,12 @@ def _check_known(instance_types: Iterable[str], known: Iterable[str]) -> list[st
 
 def snapshot_spot(instance_type: str, region: str = "us-east-1") -> Any:
     """Spot price per availability zone from the snapshot (one sample per AZ; spot prices move)."""
-    import pandas as pd
-
     rows = [r for r in load_snapshot()["spot"] if r["instance_type"] == instance_type and r["region"] == region]
     return pd.DataFrame(rows, columns=["instance_type", "region", "availability_zone_id", "usd_per_hour"])
 
 
 def snapshot_prices(instance_types: Iterable[str] = COURSE_INSTANCES, region: str = "us-east-1") -> Any:
     """One row per instance type: specs, on-demand $/h and the spot range across the region's AZs (snapshot)."""
-    import pandas as pd
-
     snap = load_snapshot()
     types = _check_known(instance_types, snap["instances"])
     od = {r["instance_type"]: r["usd_per_hour"] for r in snap["on_demand"] if r["region"] == region}
@@ -99,9 +104,7 @@ def snapshot_prices(instance_types: Iterable[str] = COURSE_INSTANCES, region: st
 
 # ------------------------------------------------------------------------------------------------- live
 def _session() -> Any:
-    import boto3
-
-    from smml_lib.common.credentials import on_ec2
+    import boto3  # deferred: optional extra [aws]
 
     if not on_ec2():  # off EC2 an instance role cannot exist: never let botocore probe 169.254.169.254
         os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
@@ -110,7 +113,7 @@ def _session() -> Any:
 
 def client_config() -> Any:
     """Short timeouts and a single attempt: a missing network fails in seconds instead of retrying for minutes."""
-    from botocore.config import Config
+    from botocore.config import Config  # deferred: optional extra [aws]
 
     return Config(connect_timeout=CONNECT_TIMEOUT_S, read_timeout=READ_TIMEOUT_S,
                   retries={"total_max_attempts": 1, "mode": "standard"})
@@ -152,8 +155,6 @@ def live_on_demand_price(instance_type: str, region: str = "us-east-1", client: 
 
 def live_spot_prices(instance_types: Iterable[str], region: str = "us-east-1", client: Any = None) -> Any:
     """The current Linux spot price per availability zone (``describe_spot_price_history`` at now)."""
-    import pandas as pd
-
     client = client or _session().client("ec2", region_name=region, config=client_config())
     resp = client.describe_spot_price_history(InstanceTypes=list(instance_types), ProductDescriptions=["Linux/UNIX"],
                                               StartTime=_dt.datetime.now(_dt.timezone.utc), MaxResults=1000)
@@ -169,8 +170,6 @@ def live_spot_prices(instance_types: Iterable[str], region: str = "us-east-1", c
 
 def live_instance_specs(instance_types: Iterable[str], region: str = "us-east-1", client: Any = None) -> Any:
     """Accelerator name, count and memory per instance type from ``describe_instance_types`` (GPUs or Neuron)."""
-    import pandas as pd
-
     client = client or _session().client("ec2", region_name=region, config=client_config())
     rows = []
     for it in client.describe_instance_types(InstanceTypes=list(instance_types))["InstanceTypes"]:
@@ -212,7 +211,6 @@ def _live_table(types: list[str], region: str, pricing_client: Any, ec2_client: 
                      "spot_min_usd_per_h": zones.min() if len(zones) else float("nan"),
                      "spot_max_usd_per_h": zones.max() if len(zones) else float("nan"),
                      "spot_zones": len(zones), "source": "live"})
-    import pandas as pd
 
     df = pd.DataFrame(rows)
     df["on_demand_usd_per_accelerator_h"] = df["on_demand_usd_per_h"] / df["accelerators"].where(df["accelerators"] > 0)
@@ -228,15 +226,12 @@ def get_prices(instance_types: Iterable[str] = COURSE_INSTANCES, region: str = "
             ``PriceLookupError`` instead of falling back) or ``"snapshot"`` (never touch the network).
         pricing_client, ec2_client: pre-built boto3 clients (tests pass stubbed ones).
     """
-    from smml_lib.common.credentials import aws_credentials_source, redact
-
     if live not in ("auto", "live", "snapshot"):
         raise ValueError(f"live={live!r}: use 'auto', 'live' or 'snapshot'")
     types = list(instance_types)
 
     def fallback(why: str) -> PriceTable:
         snap_spot = load_snapshot()["spot"]
-        import pandas as pd
 
         spot = pd.DataFrame([r for r in snap_spot if r["instance_type"] in types and r["region"] == region])
         return PriceTable(snapshot_prices(types, region), spot, "snapshot",
@@ -251,7 +246,7 @@ def get_prices(instance_types: Iterable[str] = COURSE_INSTANCES, region: str = "
                                    " or set AWS_PROFILE, or use the snapshot (live='auto').")
         return fallback("No AWS credentials found, so no live prices.")
     try:
-        import botocore.exceptions as bexc
+        import botocore.exceptions as bexc  # deferred: optional extra [aws]
 
         frame, spot = _live_table(types, region, pricing_client, ec2_client)
     except (PriceLookupError, bexc.BotoCoreError, bexc.ClientError, ImportError, KeyError) as exc:
@@ -266,13 +261,9 @@ def get_prices(instance_types: Iterable[str] = COURSE_INSTANCES, region: str = "
 
 def plot_prices(table: PriceTable, name: str = "m04_prices_per_accelerator_hour") -> None:
     """Bars: on-demand $ per accelerator-hour per instance type, with the spot range across AZs as a line."""
-    from smml_lib.common import plots
-
     df = table.frame.sort_values("on_demand_usd_per_accelerator_h")
     fig, ax = plots.figure(size=(8, 4), title=f"Price per accelerator-hour ({table.source}, {df['region'].iloc[0]})")
     plots.bars(df, "instance_type", "on_demand_usd_per_accelerator_h", ax=ax, annotate="{:.2f}", color="#4c72b0")
-    from matplotlib.lines import Line2D
-    from matplotlib.patches import Patch
 
     for i, (_, r) in enumerate(df.iterrows()):
         lo, hi = r["spot_min_usd_per_h"] / r["accelerators"], r["spot_max_usd_per_h"] / r["accelerators"]
@@ -286,8 +277,6 @@ def plot_prices(table: PriceTable, name: str = "m04_prices_per_accelerator_hour"
 
 def plot_spot_zones(spot: Any, on_demand_usd_per_h: float, instance_type: str, name: str | None = None) -> None:
     """Bars: the spot price in each availability zone against the on-demand price (dashed)."""
-    from smml_lib.common import plots
-
     zcol = "availability_zone_id" if "availability_zone_id" in spot.columns else "availability_zone"
     df = spot[spot["instance_type"] == instance_type].sort_values(zcol)
     fig, ax = plots.figure(size=(6.5, 3.6), title=f"{instance_type}: spot price per availability zone")
@@ -300,10 +289,6 @@ def plot_spot_zones(spot: Any, on_demand_usd_per_h: float, instance_type: str, n
 
 def cli(argv: list[str]) -> int:
     """``smml prices [--region R] [--live | --snapshot] [--spot] [INSTANCE_TYPE ...]``."""
-    import argparse
-
-    from smml_lib.common.display import show_frame
-
     p = argparse.ArgumentParser(prog="smml prices", description=__doc__.split("\n")[0])
     p.add_argument("instance_types", nargs="*", default=list(COURSE_INSTANCES))
     p.add_argument("--region", default="us-east-1")

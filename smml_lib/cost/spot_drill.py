@@ -36,7 +36,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+import pandas as pd
+import psutil
+import torch
+
+from smml_lib.checkpoint import sharded as ckpt
+from smml_lib.common import plots
+from smml_lib.common.paths import output_dir
 from smml_lib.cost.metadata_service import NoticeServer
+from smml_lib.distributed import launcher
+from smml_lib.distributed.train_config import TrainConfig
 
 STEP_LINE = re.compile(r"step\s+(\d+)/(\d+)")
 
@@ -46,22 +55,34 @@ class DrillError(RuntimeError):
 
 
 # ------------------------------------------------------------------------------------------------ drill
+DRILL_TRAINING = TrainConfig(model="tiny", seq_len=64, global_batch=4, max_steps=12, checkpoint_every=4)
+
+
 @dataclass
 class DrillConfig:
-    """One drill: the training command's sizes and the interruption's timing (smoke sizes by default)."""
+    """One drill: the training run it interrupts (``train``, smoke sizes by default) and the interruption's timing."""
 
-    max_steps: int = 12
-    checkpoint_every: int = 4
+    train: TrainConfig = DRILL_TRAINING  # one strategy, checkpoint_every > 0; the drill sets the folders
     interrupt_after_step: int = 6  # post the notice once this step is done (not a checkpoint step: kill loses work)
     notice_window_s: float = 15.0  # AWS: 120 s; scaled down for the drill
     poll_s: float = 0.2  # AWS suggests 5 s; the window must be much longer than this
     nproc: int | None = None  # launcher default: all GPUs, else 2 CPU processes
-    strategy: str = "ddp"
-    worker_args: Sequence[str] = ("--model", "tiny", "--seq-len", "64", "--global-batch", "4")
     timeout_s: float = 600.0
     workdir: str | None = None
     echo: bool = True
     keep_checkpoints: bool = False  # delete each run's checkpoints once compared (a 1B model writes GBs per save)
+
+    @property
+    def max_steps(self) -> int:
+        return self.train.max_steps
+
+    @property
+    def checkpoint_every(self) -> int:
+        return self.train.checkpoint_every
+
+    @property
+    def strategy(self) -> str:
+        return self.train.strategy
 
 
 @dataclass
@@ -75,8 +96,6 @@ class DrillReport:
     resumed_losses: dict[str, tuple[int, list[float]]] = field(default_factory=dict)  # scenario -> (first step, losses)
 
     def frame(self) -> Any:
-        import pandas as pd
-
         return pd.DataFrame(self.rows)
 
     def row(self, scenario: str) -> dict[str, Any]:
@@ -148,8 +167,6 @@ def _kill_everything(pid: int) -> None:
     """SIGKILL a process and all its descendants at once (torchrun first, so it cannot SIGTERM the workers).
 
     torchrun starts each worker in its own session, so killing torchrun's process group would miss them."""
-    import psutil
-
     try:
         root = psutil.Process(pid)
         procs = [root, *root.children(recursive=True)]
@@ -162,23 +179,17 @@ def _kill_everything(pid: int) -> None:
             pass
 
 
-def _train_args(cfg: DrillConfig, ckpt_dir: Path, extra: Sequence[str] = (), dump: bool = True) -> list[str]:
+def _train_args(cfg: DrillConfig, ckpt_dir: Path, *, dump: bool = True, **changes: Any) -> list[str]:
     """The worker's flags; ``dump`` writes the final parameters (the runs that end: baseline and resumed)."""
-    return ["--strategy", cfg.strategy, "--max-steps", str(cfg.max_steps), "--checkpoint-dir", str(ckpt_dir),
-            "--checkpoint-every", str(cfg.checkpoint_every), *(["--dump-params"] if dump else []),
-            *cfg.worker_args, *extra]
+    return cfg.train.replace(checkpoint_dir=str(ckpt_dir), dump_params=dump, **changes).argv()
 
 
 def _params(run_dir: str | os.PathLike, strategy: str) -> dict[str, Any]:
-    import torch
-
     return torch.load(Path(run_dir) / f"params-{strategy}.pt", weights_only=True)
 
 
 def compare_params(a: dict[str, Any], b: dict[str, Any]) -> tuple[bool, float]:
     """(bitwise equal, largest absolute difference) of two state dicts with the same keys."""
-    import torch
-
     if a.keys() != b.keys():
         return False, float("inf")
     equal = all(torch.equal(a[k], b[k]) for k in a)
@@ -188,8 +199,6 @@ def compare_params(a: dict[str, Any], b: dict[str, Any]) -> tuple[bool, float]:
 
 def run_baseline(cfg: DrillConfig, workdir: Path) -> tuple[Any, dict[str, Any]]:
     """The uninterrupted run: results DataFrame and final parameters."""
-    from smml_lib.distributed import launcher
-
     _say(cfg, f"baseline: {cfg.max_steps} steps, checkpoint every {cfg.checkpoint_every}, no interruption")
     df = launcher.launch("train", _train_args(cfg, workdir / "baseline" / "ckpt"), nproc=cfg.nproc,
                          timeout_s=cfg.timeout_s, run_dir=workdir / "baseline" / "run", echo=False)
@@ -200,17 +209,14 @@ def run_baseline(cfg: DrillConfig, workdir: Path) -> tuple[Any, dict[str, Any]]:
 
 def run_scenario(cfg: DrillConfig, workdir: Path, scenario: str, baseline: tuple[Any, dict[str, Any]]) -> dict[str, Any]:
     """Interrupt a run (``"notice"``, ``"sigterm"`` or ``"kill"``), resume it, compare with the baseline."""
-    from smml_lib.checkpoint import sharded as ckpt
-    from smml_lib.distributed import launcher
-
     if scenario not in ("notice", "sigterm", "kill"):
         raise ValueError(f"scenario {scenario!r}: use 'notice', 'sigterm' or 'kill'")
     base_df, base_params = baseline
     folder, ckpt_dir = workdir / scenario, workdir / scenario / "ckpt"
     with NoticeServer() as imds:
-        extra = ["--notice-url", imds.url, "--notice-poll-s", str(cfg.poll_s)] if scenario == "notice" else []
+        extra = {"notice_url": imds.url, "notice_poll_s": cfg.poll_s} if scenario == "notice" else {}
         _say(cfg, f"{scenario}: start, interrupt after step {cfg.interrupt_after_step}")
-        job = launcher.start("train", _train_args(cfg, ckpt_dir, extra, dump=False), nproc=cfg.nproc,
+        job = launcher.start("train", _train_args(cfg, ckpt_dir, dump=False, **extra), nproc=cfg.nproc,
                              timeout_s=cfg.timeout_s, run_dir=folder / "run", echo=False)
         run = _Watched(job, cfg, scenario)
         run.wait_for_step(cfg.interrupt_after_step)
@@ -243,7 +249,7 @@ def run_scenario(cfg: DrillConfig, workdir: Path, scenario: str, baseline: tuple
     interrupted = run.result
     _say(cfg, f"{scenario}: resume from the checkpoint of step {ckpt_step}")
     t_resume = time.time()
-    resumed = launcher.launch("train", _train_args(cfg, ckpt_dir, ["--resume"]), nproc=cfg.nproc,
+    resumed = launcher.launch("train", _train_args(cfg, ckpt_dir, resume=True), nproc=cfg.nproc,
                               timeout_s=cfg.timeout_s, run_dir=folder / "resume", echo=False)
     resume_wall = time.time() - t_resume
     equal, diff = compare_params(base_params, _params(resumed.attrs["run_dir"], cfg.strategy))
@@ -269,8 +275,6 @@ def run_scenario(cfg: DrillConfig, workdir: Path, scenario: str, baseline: tuple
 
 def run_drill(cfg: DrillConfig | None = None, scenarios: Sequence[str] = ("notice",)) -> DrillReport:
     """Baseline, then each scenario interrupted and resumed; see the module docstring."""
-    from smml_lib.common.paths import output_dir
-
     cfg = cfg or DrillConfig()
     if cfg.interrupt_after_step >= cfg.max_steps:
         raise ValueError("interrupt_after_step must be below max_steps")
@@ -293,8 +297,6 @@ def run_drill(cfg: DrillConfig | None = None, scenarios: Sequence[str] = ("notic
 
 def plot_drill(report: DrillReport, name: str = "m04_spot_drill") -> None:
     """Loss per step: the uninterrupted run as a line, each resumed run's steps on top of it as markers."""
-    from smml_lib.common import plots
-
     fig, ax = plots.figure(size=(7, 4), title="Spot drill: resumed runs retrace the uninterrupted one")
     steps = range(1, len(report.baseline_losses) + 1)
     ax.plot(list(steps), report.baseline_losses, color="0.3", lw=2, label="uninterrupted")

@@ -20,6 +20,10 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
+import numpy as np
+import pandas as pd
+
+from smml_lib.common import plots
 from smml_lib.cost.calculators import HOURS_PER_MONTH
 
 
@@ -116,8 +120,6 @@ def spot_run(work_h: float, *, on_demand_usd_per_h: float, spot_usd_per_h: float
 def checkpoint_interval_sweep(intervals_h: Sequence[float], *, work_h: float, checkpoint_cost_h: float,
                               restart_h: float, mtbf_h: float) -> Any:
     """Expected wall time and overhead for each checkpoint interval (the U-shaped curve Young/Daly minimise)."""
-    import pandas as pd
-
     rows = []
     for tau in intervals_h:
         t = expected_wall_time_h(work_h, tau, checkpoint_cost_h, restart_h, mtbf_h)
@@ -131,10 +133,6 @@ def plot_checkpoint_interval(checkpoint_cost_h: float, restart_h: float, mtbf_h:
     """The U-curve: expected overhead against the checkpoint interval, with Young's, Daly's and the exact optimum.
 
     Returns the sweep DataFrame (minutes on the x axis)."""
-    import numpy as np
-
-    from smml_lib.common import plots
-
     young, daly = young_interval_h(checkpoint_cost_h, mtbf_h), daly_interval_h(checkpoint_cost_h, mtbf_h)
     exact = optimal_interval_h(checkpoint_cost_h, restart_h, mtbf_h)
     lo, hi = young / 30, min(young * 30, mtbf_h * 3)

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from matplotlib.figure import Figure
+from matplotlib.patches import FancyArrowPatch, FancyBboxPatch, Rectangle
+
 # Fill (light) and edge (dark) colours, one pair per course module / role.
 PALETTE = {"blue": ("#dce8f5", "#2f5f98"), "teal": ("#d5f0ec", "#1f7a6f"), "orange": ("#fbe8d3", "#b8661a"),
            "purple": ("#e9e1f3", "#6a4a94"), "red": ("#f6ddd7", "#a8402b"), "grey": ("#f1f2f4", "#5b6270"),
@@ -19,8 +22,6 @@ PALETTE = {"blue": ("#dce8f5", "#2f5f98"), "teal": ("#d5f0ec", "#1f7a6f"), "oran
 
 # ---------------------------------------------------------------- drawing primitives (inches, y up)
 def _canvas(w: float, h: float, title: str, subtitle: str = "") -> tuple[Any, Any]:
-    from matplotlib.figure import Figure
-
     fig = Figure(figsize=(w, h))
     ax = fig.add_axes((0, 0, 1, 1))
     ax.set_xlim(0, w)
@@ -36,8 +37,6 @@ def _box(ax: Any, x: float, y: float, w: float, h: float, title: str = "", body:
          color: str = "grey", solid: bool = False, title_size: float = 10, body_size: float = 8.3,
          valign: str = "top", dashed: bool = False) -> None:
     """A rounded box at (x, y) lower-left, with a bold title and an optional body, both centred."""
-    from matplotlib.patches import FancyBboxPatch
-
     fill, edge = PALETTE[color]
     ax.add_patch(FancyBboxPatch((x, y), w, h, boxstyle="round,pad=0,rounding_size=0.08", linewidth=1.3,
                                 facecolor=edge if solid else fill, edgecolor=edge,
@@ -59,8 +58,6 @@ def _box(ax: Any, x: float, y: float, w: float, h: float, title: str = "", body:
 def _arrow(ax: Any, start: tuple[float, float], end: tuple[float, float], label: str = "", *, color: str = "#3d4452",
            both: bool = False, curve: float = 0.0, dashed: bool = False, label_offset: tuple[float, float] = (0, 0.12),
            size: float = 8) -> None:
-    from matplotlib.patches import FancyArrowPatch
-
     ax.add_patch(FancyArrowPatch(start, end, arrowstyle="<|-|>" if both else "-|>", mutation_scale=11, color=color,
                                  linewidth=1.3, connectionstyle=f"arc3,rad={curve}", shrinkA=2, shrinkB=2,
                                  linestyle=(0, (4, 3)) if dashed else "solid"))
@@ -72,8 +69,6 @@ def _arrow(ax: Any, start: tuple[float, float], end: tuple[float, float], label:
 
 def _cores(ax: Any, x: float, y: float, n: int, cols: int, cell: float, color: str) -> None:
     """A grid of ``n`` small squares (SMs / CPU cores), top-left at (x, y)."""
-    from matplotlib.patches import Rectangle
-
     fill, edge = PALETTE[color]
     for i in range(n):
         r, c = divmod(i, cols)

@@ -17,12 +17,16 @@ diagram (the source changed) from a harmless re-rendering by another matplotlib 
 
 from __future__ import annotations
 
+import argparse
 import functools
 import hashlib
 import io
 import re
 from pathlib import Path
 
+import matplotlib
+
+from smml_lib.common.paths import repo_root
 from smml_lib.course.diagram_figures import DIAGRAMS
 
 SOURCES = [Path(__file__), Path(__file__).with_name("diagram_figures.py")]
@@ -44,8 +48,6 @@ def source_digest() -> str:
 @functools.lru_cache(maxsize=None)
 def render(name: str) -> bytes:
     """The SVG bytes of one diagram (deterministic for a given matplotlib version; cached per process)."""
-    import matplotlib
-
     with matplotlib.rc_context(RC):
         fig = DIAGRAMS[name]()
         buf = io.BytesIO()
@@ -57,8 +59,6 @@ def render(name: str) -> bytes:
 
 
 def assets_dir() -> Path:
-    from smml_lib.common.paths import repo_root
-
     return repo_root() / "assets"
 
 
@@ -88,8 +88,6 @@ def check(dest: Path | None = None) -> list[tuple[str, str, bool]]:
     Identical bytes: ok. Different bytes: stale, unless the file was drawn from this very source by a
     different matplotlib version (then the difference is rendering detail, not content).
     """
-    import matplotlib
-
     dest = Path(dest) if dest else assets_dir()
     out = []
     for name in DIAGRAMS:
@@ -115,8 +113,6 @@ def check(dest: Path | None = None) -> list[tuple[str, str, bool]]:
 
 
 def cli(argv: list[str]) -> int:
-    import argparse
-
     p = argparse.ArgumentParser(prog="smml diagrams", description="Regenerate the course diagrams (assets/*.svg).")
     p.add_argument("--check", action="store_true", help="do not write; exit 1 if a committed diagram is stale")
     p.add_argument("--out", type=Path, help="folder to write to (default: assets/ in the checkout)")

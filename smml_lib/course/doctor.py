@@ -10,15 +10,24 @@ Secrets are reported by presence and source only, never by value.
 
 from __future__ import annotations
 
+import argparse
 import importlib.metadata as md
+import os
 import platform
 import shutil
 import sys
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+import psutil
+import torch
+
 from smml_lib.common import credentials
+from smml_lib.common.display import in_notebook, show_frame
+from smml_lib.course.jupyter_kernel import KERNEL_NAME, kernel_python
 from smml_lib.perf import nvml
+from smml_lib.perf.hardware import peer_access_matrix
 
 COURSE_GPUS = 4  # g6.12xlarge: 4 x L4
 DISK_OK_GB = 60  # Llama-2-13B (26 GB) + Llama-3.2-1B (2.5 GB) + checkpoints and runs
@@ -47,8 +56,6 @@ def _software_rows() -> list[dict[str, str]]:
 
 
 def _gpu_rows() -> list[dict[str, str]]:
-    import torch
-
     rows = []
     cuda_ok = torch.cuda.is_available()
     build = f"torch built for CUDA {torch.version.cuda}" if torch.version.cuda else "CPU-only torch build"
@@ -68,7 +75,6 @@ def _gpu_rows() -> list[dict[str, str]]:
             rows.append(_row("NCCL", nccl, "ok"))
         except Exception as exc:
             rows.append(_row("NCCL", f"unavailable ({type(exc).__name__})", "warn", "multi-GPU labs need NCCL"))
-        from smml_lib.perf.hardware import peer_access_matrix
 
         m = peer_access_matrix()
         off = [(i, j) for i in range(n) for j in range(n) if i != j]
@@ -104,10 +110,6 @@ def _account_rows() -> list[dict[str, str]]:
 
 
 def _machine_rows() -> list[dict[str, str]]:
-    import os
-
-    import psutil
-
     rows = [_row("CPU", f"{os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB RAM", "ok")]
     hf_home = Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface")).expanduser()
     probe = hf_home if hf_home.exists() else Path.home()
@@ -116,8 +118,6 @@ def _machine_rows() -> list[dict[str, str]]:
                      "" if free >= DISK_OK_GB else f"real mode downloads ~30 GB of weights; free {DISK_OK_GB} GB or "
                                                    "point HF_HOME at a larger volume (e.g. the instance NVMe)"))
     try:
-        from smml_lib.course.jupyter_kernel import KERNEL_NAME, kernel_python
-
         py = kernel_python()
         same = Path(py).resolve() == Path(sys.executable).resolve()
         rows.append(_row(f"Jupyter kernel '{KERNEL_NAME}'", py, "ok" if same else "warn",
@@ -135,14 +135,7 @@ def _machine_rows() -> list[dict[str, str]]:
 
 def run_doctor() -> "Any":
     """Run every check; returns a DataFrame with columns check, value, verdict, fix."""
-    import pandas as pd
-
-    rows = _software_rows()
-    try:
-        rows += _gpu_rows()
-    except ImportError:
-        rows.append(_row("CUDA", "torch is not importable", "missing", "bash scripts/course.sh setup"))
-    rows += _account_rows() + _machine_rows()
+    rows = _software_rows() + _gpu_rows() + _account_rows() + _machine_rows()
     df = pd.DataFrame(rows)
     df["value"] = df["value"].map(credentials.redact)
     return df
@@ -152,10 +145,8 @@ def doctor(show: bool = True) -> "Any":
     """Notebook entry point: run the checks, display the table (verdicts coloured), return the DataFrame."""
     df = run_doctor()
     if show:
-        from smml_lib.common.display import in_notebook, show_frame
-
         if in_notebook():
-            from IPython.display import display
+            from IPython.display import display  # deferred: only inside Jupyter
 
             colours = {"ok": "color:#11772b", "warn": "color:#a06000", "missing": "color:#b00020;font-weight:600"}
             display(df.style.hide(axis="index").map(lambda v: colours.get(v, ""), subset=["verdict"]))
@@ -165,8 +156,6 @@ def doctor(show: bool = True) -> "Any":
 
 
 def cli(argv: list[str]) -> int:
-    import argparse
-
     p = argparse.ArgumentParser(prog="smml doctor", description="Check this machine before a workshop.")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = p.parse_args(argv)

@@ -8,6 +8,7 @@ without torch), every import fails in confusing ways. ``ensure_kernel()`` regist
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import tempfile
@@ -33,7 +34,7 @@ def kernel_spec_dict() -> dict[str, Any]:
 
 def ensure_kernel(quiet: bool = True) -> Path:
     """Install (or refresh) the ``smml`` kernel spec in ``sys.prefix``; return its folder. Idempotent."""
-    from jupyter_client.kernelspec import KernelSpecManager
+    from jupyter_client.kernelspec import KernelSpecManager  # deferred: optional extra [notebooks]
 
     ksm = KernelSpecManager()
     try:
@@ -54,14 +55,12 @@ def ensure_kernel(quiet: bool = True) -> Path:
 
 def kernel_python(name: str = KERNEL_NAME) -> str:
     """The interpreter a kernel name resolves to (``argv[0]`` of its spec)."""
-    from jupyter_client.kernelspec import KernelSpecManager
+    from jupyter_client.kernelspec import KernelSpecManager  # deferred: optional extra [notebooks]
 
     return KernelSpecManager().get_kernel_spec(name).argv[0]
 
 
 def cli(argv: list[str]) -> int:
-    import argparse
-
     p = argparse.ArgumentParser(prog="smml kernel", description="Register the Jupyter kernel 'smml' for this venv.")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)

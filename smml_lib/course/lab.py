@@ -26,8 +26,12 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
 from smml_lib import __version__
+from smml_lib.common.device import device_name
 from smml_lib.common.display import quiet, show
+from smml_lib.perf.results import save_result
 
 MODES = ("auto", "real", "smoke")
 KEY_FIGURE_MIME = "application/vnd.smml.keyfigure+json"
@@ -40,8 +44,6 @@ class LabCheckError(AssertionError):
 
 def resolve_mode(mode: str = "auto") -> str:
     """``auto`` -> ``real`` when torch sees a CUDA GPU, else ``smoke``."""
-    import torch
-
     if mode not in MODES:
         raise ValueError(f"mode={mode!r}: use one of {', '.join(MODES)}")
     if mode == "auto":
@@ -92,8 +94,6 @@ class Lab:
 
     def save(self, name: str, data: Any, **meta: Any) -> Any:
         """Save a result table for later labs (see ``smml_lib.perf.results``). Returns the path."""
-        from smml_lib.perf.results import save_result
-
         return save_result(name, data, mode=self.mode, lab=self.name, **meta)
 
     def check(self, checks: dict[str, bool]) -> None:
@@ -117,7 +117,7 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     logging.getLogger("transformers").setLevel(logging.ERROR)
     try:
-        from transformers.utils import logging as hf_logging
+        from transformers.utils import logging as hf_logging  # deferred: optional
 
         hf_logging.set_verbosity_error()
     except ImportError:
@@ -133,10 +133,6 @@ def start_lab(name: str, mode: str = "auto", *, seed: int = 0) -> Lab:
         mode: ``"auto"`` (real on a GPU machine, smoke otherwise), ``"real"`` or ``"smoke"``.
         seed: seed for torch's random generators, so reruns give the same random inputs.
     """
-    import torch
-
-    from smml_lib.perf.environment import device_name
-
     resolved = resolve_mode(mode)
     device = torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(seed)

@@ -19,6 +19,7 @@ files by ``smml_lib.common.plots``. Lab checks still run: a lab that silently di
 
 from __future__ import annotations
 
+import argparse
 import ast
 import json
 import linecache
@@ -29,6 +30,8 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from smml_lib.course.runner import parse_params
 
 
 @dataclass
@@ -133,16 +136,12 @@ def run_notebook(notebook: Path | str, parameters: dict[str, Any] | None = None)
 
 
 def cli(argv: list[str]) -> int:
-    import argparse
-
-    from smml_lib.course.runner import _parse_params
-
     p = argparse.ArgumentParser(prog="python -m smml_lib.course.plainrun", description=__doc__.splitlines()[0])
     p.add_argument("notebooks", nargs="+", type=Path, help="lab notebooks, run one after another")
     p.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE",
                    help="override a parameter of every given notebook that declares it (e.g. mode=real)")
     args = p.parse_args(argv)
-    params = _parse_params(args.param)
+    params = parse_params(args.param)
     declared: dict[Path, dict[str, Any]] = {}
     for nb in args.notebooks:
         if not nb.exists():

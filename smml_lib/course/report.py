@@ -12,6 +12,8 @@ import html
 from pathlib import Path
 from typing import Any
 
+from smml_lib.course.doctor import run_doctor
+
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2rem auto;max-width:1200px;color:#222}
 h1{margin-bottom:.2rem} .sub{color:#666;margin-top:0}
@@ -33,8 +35,6 @@ def _fmt(value: Any) -> str:
 
 def _doctor_table() -> str:
     try:
-        from smml_lib.course.doctor import run_doctor
-
         df = run_doctor()
     except Exception as exc:  # the report must still be written
         return f"<p class='err'>smml doctor failed: {html.escape(str(exc))}</p>"
@@ -48,8 +48,8 @@ def _doctor_table() -> str:
 def notebook_to_html(ipynb: Path, dest: Path) -> Path | None:
     """Render an executed notebook to a standalone HTML page (None if nbconvert is unavailable)."""
     try:
-        import nbformat
-        from nbconvert import HTMLExporter
+        import nbformat  # deferred: optional extra [notebooks]
+        from nbconvert import HTMLExporter  # deferred: optional extra [notebooks]
 
         body, _ = HTMLExporter(template_name="lab").from_notebook_node(nbformat.read(str(ipynb), as_version=4))
     except Exception:

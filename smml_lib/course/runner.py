@@ -13,6 +13,7 @@ others; the command exits non-zero if any failed.
 
 from __future__ import annotations
 
+import argparse
 import datetime as _dt
 import json
 import os
@@ -22,9 +23,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from smml_lib.common.paths import module_dirs, repo_root
 from smml_lib.course.jupyter_kernel import KERNEL_NAME, ensure_kernel
 from smml_lib.course.lab import CHECK_MIME, KEY_FIGURE_MIME
-from smml_lib.common.paths import module_dirs, repo_root
+from smml_lib.course.report import write_report
 
 SMOKE_PARAMETERS: dict[str, Any] = {"mode": "smoke"}  # what CI passes to every notebook
 SOLUTIONS_DIR = "solutions"
@@ -51,14 +53,14 @@ def uses_local_cluster(notebook: Path) -> bool:
 
 def declared_parameters(notebook: Path) -> dict[str, Any]:
     """The parameters a notebook declares in its ``parameters`` cell (name -> papermill's description)."""
-    import papermill as pm
+    import papermill as pm  # deferred: optional extra [notebooks]
 
     return dict(pm.inspect_notebook(str(notebook)))
 
 
 def check_parameters(notebook: Path, parameters: dict[str, Any]) -> None:
     """Fail when a notebook has no ``parameters`` cell or is passed a parameter it does not declare."""
-    import nbformat
+    import nbformat  # deferred: optional extra [notebooks]
 
     nb = nbformat.read(str(notebook), as_version=4)
     if not any("parameters" in c.get("metadata", {}).get("tags", []) for c in nb.cells):
@@ -95,7 +97,7 @@ def notebook_title(nb: Any) -> str:
 
 def collect_outputs(executed: Path) -> tuple[list[dict[str, Any]], dict[str, Any], str]:
     """Key figures, the final check's result and the title from an executed notebook."""
-    import nbformat
+    import nbformat  # deferred: optional extra [notebooks]
 
     nb = nbformat.read(str(executed), as_version=4)
     figures, checks = [], {}
@@ -113,7 +115,7 @@ def execute_notebook(notebook: Path, output: Path, parameters: dict[str, Any] | 
                      timeout_s: int = 1800, log_output: bool = False, cwd: Path | None = None,
                      kernel_name: str = KERNEL_NAME) -> LabRun:
     """Execute one notebook with papermill into ``output``; never raises for a failing lab, returns its ``LabRun``."""
-    import papermill as pm
+    import papermill as pm  # deferred: optional extra [notebooks]
 
     parameters = dict(parameters or {})
     check_parameters(notebook, parameters)
@@ -138,7 +140,7 @@ def execute_notebook(notebook: Path, output: Path, parameters: dict[str, Any] | 
 
 def _original_cell_number(executed: Path, cell_index: int) -> int:
     """Map papermill's cell index (which counts its injected-parameters cell) to the learner's cell number."""
-    import nbformat
+    import nbformat  # deferred: optional extra [notebooks]
 
     try:
         cells = nbformat.read(str(executed), as_version=4).cells
@@ -151,8 +153,6 @@ def _original_cell_number(executed: Path, cell_index: int) -> int:
 def run_labs(*, only: str | None = None, parameters: dict[str, Any] | None = None, out_dir: Path | None = None,
              include_solutions: bool = False, timeout_s: int = 1800, html: bool = True) -> tuple[list[LabRun], Path]:
     """Execute every lab in course order into a run folder and write its report. Returns (runs, run folder)."""
-    from smml_lib.course.report import write_report
-
     ensure_kernel()
     notebooks = discover_notebooks(include_solutions=include_solutions, only=only)
     if not notebooks:
@@ -193,7 +193,9 @@ def run_labs(*, only: str | None = None, parameters: dict[str, Any] | None = Non
     return runs, run_dir
 
 
-def _parse_params(items: list[str]) -> dict[str, Any]:
+def parse_params(items: list[str]) -> dict[str, Any]:
+    """``["model_id=/models/x", "steps=5"]`` -> ``{"model_id": "/models/x", "steps": 5}``: values are read as
+    JSON where they parse (numbers, true/false, lists), else kept as strings (``--param`` / ``-p``)."""
     out: dict[str, Any] = {}
     for item in items:
         if "=" not in item:
@@ -207,8 +209,6 @@ def _parse_params(items: list[str]) -> dict[str, Any]:
 
 
 def cli(argv: list[str]) -> int:
-    import argparse
-
     p = argparse.ArgumentParser(prog="smml labs", description=__doc__.split("\n\n")[0])
     p.add_argument("--smoke", action="store_true", help="force smoke mode (tiny model, CPU sizes)")
     p.add_argument("--only", help="run only notebooks whose path contains this text (e.g. 01_Leveraging or gemm)")
@@ -219,7 +219,7 @@ def cli(argv: list[str]) -> int:
     p.add_argument("--timeout", type=int, default=1800, help="seconds one cell may run (default 1800)")
     p.add_argument("--no-html", action="store_true", help="skip the per-lab HTML pages (faster)")
     args = p.parse_args(argv)
-    params = ({**SMOKE_PARAMETERS} if args.smoke else {}) | _parse_params(args.param)
+    params = ({**SMOKE_PARAMETERS} if args.smoke else {}) | parse_params(args.param)
     try:
         runs, run_dir = run_labs(only=args.only, parameters=params, out_dir=args.out,
                                  include_solutions=args.solutions, timeout_s=args.timeout, html=not args.no_html)

@@ -7,17 +7,24 @@ course's standard figures (through ``smml_lib.common.plots``).
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
+import numpy as np
+import pandas as pd
+
 from smml_lib.common import plots
+from smml_lib.distributed.collectives import busbw_at, collective_time_s
+from smml_lib.distributed.train_config import TrainConfig
+from smml_lib.models.anatomy import preset_config
+from smml_lib.models.loading import resolve_checkpoint
 from smml_lib.models.planner import GB, training_memory
+from smml_lib.perf.results import load_result
 
 
 def summarize_training(df: Any) -> Any:
     """One row per (strategy, world size, reshard) from the training worker's per-rank rows."""
-    import pandas as pd
-
     rows = []
     keys = ["strategy", "world_size", "reshard_after_forward"]
     for _, part in df.groupby(keys, dropna=False, sort=False):
@@ -79,8 +86,6 @@ def plot_losses(df: Any, name: str = "m02_loss_curves") -> None:
 
 def plot_memory(summary: Any, name: str = "m02_memory_per_gpu") -> None:
     """Measured vs predicted memory per process for each run."""
-    import numpy as np
-
     fig, ax = plots.figure(title="Memory per process: planner vs measured")
     x = np.arange(len(summary))
     ax.bar(x - 0.2, summary["predicted_gb"] * 1e3, 0.4, label="planner")
@@ -120,16 +125,15 @@ def plot_bandwidth(summary: Any, name: str = "m02_bus_bandwidth") -> None:
 
 
 def ddp_allreduce_prediction(param_count: int, world_size: int, coll_summary: Any, *, grad_bytes_per_param: int = 4,
-                             bucket_mb: float = 25.0) -> dict[str, float]:
+                             bucket_cap_mib: float = TrainConfig.bucket_cap_mib) -> dict[str, float]:
     """Predicted time DDP spends all-reducing one step's gradients at the measured bus bandwidth.
 
-    DDP packs gradients into buckets of ``bucket_mb`` MB and all-reduces each as backward produces it;
-    each bucket is priced at the bus bandwidth measured for its size (smaller messages are slower).
+    DDP packs gradients into buckets of ``bucket_cap_mib`` MiB (PyTorch's ``bucket_cap_mb=25`` is 25 x 2^20
+    bytes) and all-reduces each as backward produces it; each bucket is priced at the bus bandwidth measured
+    for its size (smaller messages are slower).
     """
-    from smml_lib.distributed.workers.collectives import busbw_at, collective_time_s
-
     total = param_count * grad_bytes_per_param
-    bucket = bucket_mb * 1e6
+    bucket = bucket_cap_mib * 2**20
     sizes = [bucket] * int(total // bucket) + ([total % bucket] if total % bucket else [])
     t = sum(collective_time_s("all_reduce", s, world_size, busbw_at(coll_summary, "all_reduce", s)) for s in sizes)
     return {"gradient_bytes": float(total), "buckets": len(sizes), "predicted_s": t}
@@ -137,8 +141,6 @@ def ddp_allreduce_prediction(param_count: int, world_size: int, coll_summary: An
 
 def plot_device_map(frame: Any, name: str = "m02_device_map") -> None:
     """Predicted vs measured weight bytes per device of a device_map split."""
-    import numpy as np
-
     fig, ax = plots.figure(title="Weights per device: plan vs measured")
     x = np.arange(len(frame))
     ax.bar(x - 0.2, frame["predicted_gb"], 0.4, label="planned (accelerate)")
@@ -151,13 +153,8 @@ def plot_device_map(frame: Any, name: str = "m02_device_map") -> None:
 
 def model_config(model: str, layers: int | None = None) -> dict[str, Any]:
     """The config dict of the model a training run uses (``tiny``, ``preset:<name>``, a folder or hub id)."""
-    import json
-
-    from smml_lib.models.anatomy import preset_config
-    from smml_lib.models.loading import resolve_checkpoint
-
     if model.startswith("preset:"):
-        cfg = {k: v for k, v in preset_config(model.split(":", 1)[1]).items() if not k.startswith("_")}
+        cfg = preset_config(model.split(":", 1)[1])
     else:
         cfg = json.loads((resolve_checkpoint(model)[0] / "config.json").read_text())
     if layers:
@@ -170,8 +167,6 @@ def measured_mfu(mode: str, fallback: float) -> tuple[float, str]:
 
     Returns ``(mfu, where it came from)``. A CPU run has no datasheet peak, so no MFU: then the fallback.
     """
-    from smml_lib.perf.results import load_result
-
     try:
         res = load_result("m02_training_throughput", mode=mode if mode == "real" else None)
     except FileNotFoundError:
@@ -189,8 +184,6 @@ def predicted_memory_table(cfg: Any, runs: list[tuple[str, int]], *, global_batc
 
     ``micro_batch``: sequences per forward (default: each process's whole share of the global batch).
     """
-    import pandas as pd
-
     rows = []
     for strategy, n in runs:
         mb = micro_batch or global_batch // n

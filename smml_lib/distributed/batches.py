@@ -23,6 +23,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import torch
+
 _STEP_STRIDE = 1_000_003  # a prime: seeds of different (seed, step) pairs do not collide for any realistic run
 
 
@@ -42,8 +44,6 @@ def token_stream(source: str, tokenizer: Any = None, vocab_size: int | None = No
         seed: seed of the random tokens.
         num_tokens: length of the random stream.
     """
-    import torch
-
     if source == "random":
         if not vocab_size:
             raise ValueError("source='random' needs vocab_size")
@@ -78,8 +78,6 @@ class StepData:
 
     def global_batch(self, step: int) -> Any:
         """The whole batch of global step ``step`` (1-based): int64 tensor ``(global_batch_size, seq_len + 1)``."""
-        import torch
-
         g = torch.Generator().manual_seed(self.seed * _STEP_STRIDE + step)
         n = self.tokens.numel()
         starts = torch.randint(0, n, (self.global_batch_size, 1), generator=g)

@@ -31,6 +31,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import torch
+import torch.distributed as dist
+from torch.distributed.elastic.multiprocessing.errors import record
+
+from smml_lib.common.device import default_device
+from smml_lib.common.paths import output_dir
+
 
 @dataclass
 class DistEnv:
@@ -62,11 +69,22 @@ class DistEnv:
                 "device": str(self.device), "hostname": os.uname().nodename}
 
 
-def default_backend() -> str:
-    """``nccl`` when this process can use a CUDA GPU, else ``gloo`` (``SMML_BACKEND`` overrides)."""
-    import torch
+def choose_backend(backend: str = "auto", *, gpus_per_node: int, processes_per_node: int) -> str:
+    """The process group's backend, the one rule every launch path uses (launcher, sbatch script, worker).
 
-    return os.environ.get("SMML_BACKEND") or ("nccl" if torch.cuda.is_available() else "gloo")
+    ``"auto"``: NCCL when every process on a node can have a GPU of its own, else gloo (CPUs, or more
+    processes than GPUs: NCCL needs one GPU per rank). ``"nccl"`` / ``"gloo"`` are kept as given.
+    """
+    if backend not in ("auto", "nccl", "gloo"):
+        raise ValueError(f"backend={backend!r}: use auto, nccl or gloo")
+    if backend != "auto":
+        return backend
+    return "nccl" if 0 < processes_per_node <= gpus_per_node else "gloo"
+
+
+def visible_gpus() -> int:
+    """How many GPUs this process can use (0 without CUDA)."""
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 def init_distributed(backend: str = "auto", timeout_s: float = 300.0) -> DistEnv:
@@ -76,16 +94,13 @@ def init_distributed(backend: str = "auto", timeout_s: float = 300.0) -> DistEnv
         backend: ``"auto"`` (nccl on GPUs, gloo on CPUs), ``"nccl"`` or ``"gloo"``.
         timeout_s: how long a collective may wait for a peer before failing (instead of hanging forever).
     """
-    import torch
-    import torch.distributed as dist
-
     if "WORLD_SIZE" not in os.environ:
-        dev = torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
-        return DistEnv(0, 1, 0, 1, 0, "none", dev)
+        return DistEnv(0, 1, 0, 1, 0, "none", default_device())
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
-    backend = default_backend() if backend == "auto" else backend
+    if backend == "auto":  # the launcher (or the sbatch script) passes its choice down as SMML_BACKEND
+        backend = os.environ.get("SMML_BACKEND") or choose_backend(gpus_per_node=visible_gpus(), processes_per_node=1)
     if backend == "nccl":
         if not torch.cuda.is_available():
             raise RuntimeError("backend 'nccl' needs CUDA GPUs, but torch sees none in this process; use gloo")
@@ -103,15 +118,11 @@ def init_distributed(backend: str = "auto", timeout_s: float = 300.0) -> DistEnv
 
 def shutdown() -> None:
     """Leave the process group (safe to call when none was started)."""
-    import torch.distributed as dist
-
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
 
 def barrier(env: DistEnv) -> None:
-    import torch.distributed as dist
-
     if env.distributed:
         if env.backend == "nccl":
             dist.barrier(device_ids=[env.local_rank])
@@ -121,9 +132,6 @@ def barrier(env: DistEnv) -> None:
 
 def any_rank(env: DistEnv, flag: bool) -> bool:
     """True on every rank if ``flag`` is true on any rank (one tiny all-reduce)."""
-    import torch
-    import torch.distributed as dist
-
     if not env.distributed:
         return bool(flag)
     t = torch.tensor([1.0 if flag else 0.0], device=env.device)
@@ -145,8 +153,6 @@ def run_dir(path: str | os.PathLike | None = None) -> Path:
     elif os.environ.get("SMML_RUN_DIR"):
         out = Path(os.environ["SMML_RUN_DIR"])
     else:
-        from smml_lib.common.paths import output_dir
-
         out = output_dir("runs", "manual")
     out.mkdir(parents=True, exist_ok=True)
     return out
@@ -190,8 +196,6 @@ def run_worker(main: Callable[[list[str]], int | None], argv: list[str] | None =
 
     The exception is re-raised after it is recorded, so torchrun also reports the rank as failed.
     """
-    from torch.distributed.elastic.multiprocessing.errors import record
-
     argv = sys.argv[1:] if argv is None else argv
     folder = _peek_run_dir(argv)
     try:

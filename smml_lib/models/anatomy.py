@@ -12,10 +12,12 @@ The same functions serve the tiny model in smoke mode and Llama-3.2-1B / Llama-2
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Mapping
 
-DTYPE_BYTES = {"fp32": 4, "float32": 4, "tf32": 4, "bf16": 2, "bfloat16": 2, "fp16": 2, "float16": 2,
-               "fp8": 1, "int8": 1, "int4": 0.5}
+import pandas as pd
+
+from smml_lib.common.device import bytes_per_element
 
 # Published shapes (config.json of each checkpoint) so labs can predict without downloading.
 LLAMA_PRESETS: dict[str, dict[str, Any]] = {
@@ -35,11 +37,11 @@ def preset_config(name: str) -> dict[str, Any]:
     """The config dict of a published Llama (``Llama-3.2-1B``, ``Llama-3.1-8B``, ``Llama-2-13b``)."""
     for key, cfg in LLAMA_PRESETS.items():
         if key.lower() == name.lower() or key.lower() in name.lower():
-            return {"model_type": "llama", "_name": key, **cfg}
+            return {"model_type": "llama", **cfg}
     raise KeyError(f"no preset {name!r}; known: {', '.join(LLAMA_PRESETS)}")
 
 
-def _cfg(config: Any) -> Mapping[str, Any]:
+def _config_dict(config: Any) -> Mapping[str, Any]:
     """Accept a ``PretrainedConfig``, a dict, or a model (uses ``model.config``)."""
     if hasattr(config, "config") and not isinstance(config, Mapping):
         config = config.config
@@ -48,12 +50,48 @@ def _cfg(config: Any) -> Mapping[str, Any]:
     return config
 
 
-def _dims(config: Any) -> dict[str, int]:
-    c = _cfg(config)
-    heads = c["num_attention_heads"]
-    head_dim = c.get("head_dim") or c["hidden_size"] // heads
-    return {"V": c["vocab_size"], "d": c["hidden_size"], "ff": c["intermediate_size"], "L": c["num_hidden_layers"],
-            "h": heads, "kv": c.get("num_key_value_heads") or heads, "hd": head_dim}
+@dataclass(frozen=True)
+class ModelDims:
+    """The shape of a Llama, as every prediction in the course needs it (read from ``config.json``).
+
+    Like nanoGPT's ``GPTConfig`` and torchtitan's ``ModelArgs``: one typed record instead of a dict, with
+    the Hugging Face names turned into the ones the formulas use. Grouped-query attention has
+    ``num_kv_heads`` < ``num_heads``: each key/value head serves ``num_heads / num_kv_heads`` query heads.
+    """
+
+    vocab_size: int
+    hidden_size: int  # d, the width of the residual stream
+    intermediate_size: int  # the SwiGLU MLP's inner width
+    num_layers: int
+    num_heads: int  # query heads
+    num_kv_heads: int  # key/value heads
+    head_dim: int
+    tie_word_embeddings: bool = False
+    attention_bias: bool = False
+    mlp_bias: bool = False
+
+    @classmethod
+    def of(cls, config: Any) -> "ModelDims":
+        """From a ``PretrainedConfig``, a config dict, a model (its ``.config``), or a ``ModelDims``."""
+        if isinstance(config, ModelDims):
+            return config
+        c = _config_dict(config)
+        heads = c["num_attention_heads"]
+        return cls(vocab_size=c["vocab_size"], hidden_size=c["hidden_size"], intermediate_size=c["intermediate_size"],
+                   num_layers=c["num_hidden_layers"], num_heads=heads, num_kv_heads=c.get("num_key_value_heads") or heads,
+                   head_dim=c.get("head_dim") or c["hidden_size"] // heads,
+                   tie_word_embeddings=bool(c.get("tie_word_embeddings", False)),
+                   attention_bias=bool(c.get("attention_bias")), mlp_bias=bool(c.get("mlp_bias")))
+
+    @property
+    def q_dim(self) -> int:
+        """Width of all query heads together (``num_heads x head_dim``)."""
+        return self.num_heads * self.head_dim
+
+    @property
+    def kv_dim(self) -> int:
+        """Width of all key (or all value) heads together (``num_kv_heads x head_dim``)."""
+        return self.num_kv_heads * self.head_dim
 
 
 def param_counts(config: Any) -> "Any":
@@ -64,19 +102,17 @@ def param_counts(config: Any) -> "Any":
     d x ff matrices (gate, up, down); two RMSNorm weight vectors of size d. Tied embeddings mean the
     output head reuses the embedding matrix: zero extra parameters (but the same matmul work).
     """
-    import pandas as pd
-
-    c, k = _cfg(config), _dims(config)
-    bias = 1 if c.get("attention_bias") else 0
-    attn = k["d"] * k["h"] * k["hd"] + 2 * k["d"] * k["kv"] * k["hd"] + k["h"] * k["hd"] * k["d"]
-    attn += bias * (k["h"] * k["hd"] + 2 * k["kv"] * k["hd"] + k["d"])
-    mlp = 3 * k["d"] * k["ff"] + (3 * k["ff"] if c.get("mlp_bias") else 0)
+    m = ModelDims.of(config)
+    d = m.hidden_size
+    attn = d * m.q_dim + 2 * d * m.kv_dim + m.q_dim * d
+    attn += (m.q_dim + 2 * m.kv_dim + d) if m.attention_bias else 0
+    mlp = 3 * d * m.intermediate_size + (3 * m.intermediate_size if m.mlp_bias else 0)
     rows = {
-        "embeddings": k["V"] * k["d"],
-        "attention": k["L"] * attn,
-        "mlp": k["L"] * mlp,
-        "norms": (2 * k["L"] + 1) * k["d"],
-        "lm_head": 0 if c.get("tie_word_embeddings", False) else k["V"] * k["d"],
+        "embeddings": m.vocab_size * d,
+        "attention": m.num_layers * attn,
+        "mlp": m.num_layers * mlp,
+        "norms": (2 * m.num_layers + 1) * d,
+        "lm_head": 0 if m.tie_word_embeddings else m.vocab_size * d,
     }
     df = pd.DataFrame({"component": list(rows), "params": list(rows.values())})
     df["share"] = df["params"] / df["params"].sum()
@@ -99,8 +135,6 @@ def component_of(name: str) -> str:
 
 def measured_param_counts(model: Any) -> "Any":
     """Parameters per component counted from a loaded model's tensors (tied weights counted once)."""
-    import pandas as pd
-
     counts: dict[str, int] = {}
     seen: set[int] = set()
     for name, p in model.named_parameters(remove_duplicate=False):
@@ -116,14 +150,6 @@ def measured_param_counts(model: Any) -> "Any":
     return df
 
 
-def bytes_per_element(dtype: Any) -> float:
-    """Bytes per element for a dtype name or ``torch.dtype``."""
-    name = str(dtype).replace("torch.", "")
-    if name not in DTYPE_BYTES:
-        raise ValueError(f"unknown dtype {dtype!r}; known: {', '.join(DTYPE_BYTES)}")
-    return DTYPE_BYTES[name]
-
-
 def weight_bytes(config: Any, dtype: Any = "bf16") -> float:
     """Bytes of all weights in ``dtype`` (parameters x bytes per element)."""
     return count_params_from_config(config) * bytes_per_element(dtype)
@@ -131,8 +157,8 @@ def weight_bytes(config: Any, dtype: Any = "bf16") -> float:
 
 def kv_cache_bytes_per_token(config: Any, dtype: Any = "bf16") -> float:
     """KV-cache bytes one token adds: keys and values, for every layer and key/value head."""
-    k = _dims(config)
-    return 2 * k["L"] * k["kv"] * k["hd"] * bytes_per_element(dtype)
+    m = ModelDims.of(config)
+    return 2 * m.num_layers * m.kv_dim * bytes_per_element(dtype)
 
 
 def inference_memory(config: Any, dtype: Any = "bf16", batch_size: int = 1, context_len: int = 2048) -> "Any":
@@ -141,8 +167,6 @@ def inference_memory(config: Any, dtype: Any = "bf16", batch_size: int = 1, cont
     Returns a DataFrame with rows weights / kv_cache / total in bytes and GB (1e9 bytes).
     Activations of one decode step are tiny next to these and left out.
     """
-    import pandas as pd
-
     w = weight_bytes(config, dtype)
     kv = kv_cache_bytes_per_token(config, dtype) * batch_size * context_len
     df = pd.DataFrame({"item": ["weights", "kv_cache", "total"], "bytes": [w, kv, w + kv]})
@@ -157,10 +181,10 @@ def forward_flops_per_token(config: Any, context_len: int = 0) -> float:
     matmul (attention projections, MLP, output head; the embedding lookup is a copy, not a matmul).
     Attention adds QK^T and softmax(.)V: 2 x 2 x context x (heads x head_dim) per layer.
     """
-    k = _dims(config)
+    m = ModelDims.of(config)
     df = param_counts(config).set_index("component")["params"]
-    matmul_params = df["attention"] + df["mlp"] + k["V"] * k["d"]  # the head multiplies even when tied
-    return 2.0 * matmul_params + 4.0 * k["L"] * context_len * k["h"] * k["hd"]
+    matmul_params = df["attention"] + df["mlp"] + m.vocab_size * m.hidden_size  # the head multiplies even when tied
+    return 2.0 * matmul_params + 4.0 * m.num_layers * context_len * m.q_dim
 
 
 def compare_param_counts(config: Any, model: Any) -> "Any":

@@ -20,24 +20,29 @@ the plan gave them. The planning and the bookkeeping are real; the placement is 
 
 from __future__ import annotations
 
+import gc
 import logging
 from dataclasses import dataclass
 from typing import Any
+
+import pandas as pd
+import torch
+from accelerate import infer_auto_device_map, init_empty_weights
+from accelerate.utils import compute_module_sizes, get_balanced_memory
+from transformers import AutoConfig, LlamaConfig, LlamaForCausalLM
+
+from smml_lib.common.device import resolve_dtype
+from smml_lib.models.anatomy import preset_config
+from smml_lib.models.loading import load_llama, resolve_checkpoint
 
 NO_SPLIT = ["LlamaDecoderLayer"]  # a decoder layer is never cut in two
 
 
 def _meta_model(model_id_or_cfg: Any) -> Any:
     """An empty (meta-device) LlamaForCausalLM: shapes only, no memory."""
-    from accelerate import init_empty_weights
-    from transformers import AutoConfig, LlamaConfig, LlamaForCausalLM
-
-    from smml_lib.models.anatomy import preset_config
-    from smml_lib.models.loading import resolve_checkpoint
-
     if isinstance(model_id_or_cfg, str):
         try:
-            cfg = LlamaConfig(**{k: v for k, v in preset_config(model_id_or_cfg).items() if not k.startswith("_")})
+            cfg = LlamaConfig(**preset_config(model_id_or_cfg))
         except KeyError:
             cfg = AutoConfig.from_pretrained(resolve_checkpoint(model_id_or_cfg)[0])
     else:
@@ -83,13 +88,6 @@ def plan_device_map(model_id_or_cfg: Any, max_memory: dict[Any, int | str], dtyp
         max_memory: budget per device, e.g. ``{0: "20GiB", 1: "20GiB", 2: "20GiB", 3: "20GiB"}``.
         dtype: the dtype the weights will be loaded in.
     """
-    import pandas as pd
-    import torch
-    from accelerate import infer_auto_device_map
-    from accelerate.utils import compute_module_sizes, get_balanced_memory
-
-    from smml_lib.models.loading import resolve_dtype
-
     tdtype = resolve_dtype(dtype) if dtype != "auto" else torch.bfloat16
     model = _meta_model(model_id_or_cfg)
     log = logging.getLogger("accelerate.utils.modeling")
@@ -128,10 +126,6 @@ def load_planned(model_id: str, plan: DeviceMapPlan, *, simulate: bool | None = 
     ``how`` (``cuda.memory_allocated`` or ``simulated: parameter bytes, all on the CPU``).
     ``simulate``: default True when there are fewer GPUs than the plan uses.
     """
-    import torch
-
-    from smml_lib.models.loading import load_llama
-
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     used = [d for d in plan.device_map.values() if isinstance(d, int)]
     if simulate is None:
@@ -170,10 +164,6 @@ def simulated_max_memory(model_id: str, num_devices: int = 4, dtype: str = "fp32
 
 def release(*objects: Any) -> None:
     """Free the GPU memory of models the notebook no longer needs (before a worker wants the GPUs)."""
-    import gc
-
-    import torch
-
     for obj in objects:
         if hasattr(obj, "to") and hasattr(obj, "parameters"):
             for p in obj.parameters():

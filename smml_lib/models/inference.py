@@ -15,11 +15,17 @@ own, synchronizing the GPU after every step. ``measure_generation`` repeats it a
 
 from __future__ import annotations
 
+import inspect
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pandas as pd
+import torch
+
+from smml_lib.common.device import synchronize
+from smml_lib.models import anatomy
 
 DEFAULT_PROMPT = "A language model reads text as a sequence of tokens and"
 
@@ -29,8 +35,6 @@ _CACHE_KWARG: dict[type, str] = {}
 def cache_kwarg(model: Any) -> str:
     """The name of ``model.forward``'s KV-cache argument: ``cache`` in recent transformers 5 releases,
     ``past_key_values`` in earlier ones (where newer releases still accept it, with a FutureWarning)."""
-    import inspect
-
     kind = type(model)
     if kind not in _CACHE_KWARG:
         _CACHE_KWARG[kind] = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
@@ -82,13 +86,6 @@ class GenerationTiming:
                 "e2e_tokens_per_s": self.e2e_tokens_per_s}
 
 
-def _sync(device: Any) -> None:
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def model_device(model: Any) -> "Any":
     """The device of the model's input embeddings (where input ids must go)."""
     return model.get_input_embeddings().weight.device
@@ -101,8 +98,6 @@ def prompt_ids(tokenizer: Any, prompt: str = DEFAULT_PROMPT, *, batch_size: int 
     With ``prompt_tokens`` the prompt is repeated/cut to exactly that many tokens, so experiments can
     set the prefill length precisely. Identical rows need no padding.
     """
-    import torch
-
     ids = tokenizer(prompt, return_tensors="pt").input_ids[0]
     if prompt_tokens is not None:
         body = ids[1:] if len(ids) > 1 else ids  # keep BOS once at the front
@@ -123,18 +118,16 @@ def timed_generate(model: Any, tokenizer: Any, prompt: str = DEFAULT_PROMPT, *, 
         prompt_tokens: force the prompt to exactly this many tokens (see ``prompt_ids``).
         use_cache: keep keys/values of past tokens (KV cache); False re-runs the whole sequence each step.
     """
-    import torch
-
     dev = model_device(model)
     ids = prompt_ids(tokenizer, prompt, batch_size=batch_size, prompt_tokens=prompt_tokens, device=dev)
     steps: list[float] = []
     generated = []
     with torch.inference_mode():
-        _sync(dev)
+        synchronize(dev)
         t0 = time.perf_counter()
         out = model(input_ids=ids, use_cache=use_cache)
         nxt = out.logits[:, -1, :].argmax(dim=-1, keepdim=True)
-        _sync(dev)
+        synchronize(dev)
         ttft = time.perf_counter() - t0
         generated.append(nxt)
         past = output_cache(out) if use_cache else None
@@ -149,7 +142,7 @@ def timed_generate(model: Any, tokenizer: Any, prompt: str = DEFAULT_PROMPT, *, 
                 seq = torch.cat([seq, nxt], dim=1)
                 out = model(input_ids=seq, use_cache=False)
             nxt = out.logits[:, -1, :].argmax(dim=-1, keepdim=True)
-            _sync(dev)
+            synchronize(dev)
             steps.append(time.perf_counter() - t)
             generated.append(nxt)
         total = time.perf_counter() - t0
@@ -166,8 +159,6 @@ def measure_generation(model: Any, tokenizer: Any, prompt: str = DEFAULT_PROMPT,
     Take the median of each column: the first run in a process pays one-off costs (memory allocation,
     kernel selection) that the warm-up absorbs.
     """
-    import pandas as pd
-
     for _ in range(warmup):
         timed_generate(model, tokenizer, prompt, **kwargs)
     rows = []
@@ -183,8 +174,6 @@ def sweep_generation(model: Any, tokenizer: Any, vary: str, values: list[Any], *
 
     Returns a DataFrame with one row per value: the medians of ``measure_generation``'s columns.
     """
-    import pandas as pd
-
     rows = []
     for value in values:
         df = measure_generation(model, tokenizer, repeats=repeats, warmup=warmup, **{**kwargs, vary: value})
@@ -196,8 +185,6 @@ def sweep_generation(model: Any, tokenizer: Any, vary: str, values: list[Any], *
 def reference_tokens(model: Any, tokenizer: Any, prompt: str = DEFAULT_PROMPT, *, max_new_tokens: int = 32,
                      prompt_tokens: int | None = None) -> list[int]:
     """Greedy tokens from Hugging Face's ``generate`` (no early stop), to check a hand-written loop against."""
-    import torch
-
     ids = prompt_ids(tokenizer, prompt, prompt_tokens=prompt_tokens, device=model_device(model))
     with torch.inference_mode():
         out = model.generate(ids, max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens, do_sample=False,
@@ -241,11 +228,6 @@ def measure_memory(model: Any, tokenizer: Any, *, batch_size: int = 1, context_l
     On CUDA the weights and cache are also read from ``torch.cuda.memory_allocated`` (column ``allocator_bytes``),
     the allocator's own view. Returns a DataFrame: item, predicted_bytes, measured_bytes, allocator_bytes, ratio.
     """
-    import pandas as pd
-    import torch
-
-    from smml_lib.models import anatomy
-
     dev = model_device(model)
     dtype = str(next(model.parameters()).dtype).replace("torch.", "")
     weights = tensor_bytes(list(model.parameters()) + list(model.buffers()))

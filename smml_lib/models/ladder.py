@@ -20,19 +20,37 @@ overhead: what the later rungs remove. The ladder ends at the *memory-bandwidth 
 per token / measured copy bandwidth: no batch-1 decode can be faster on this device.
 
 ``StaticDecoder`` is the static-cache + compiled decode loop, written out so every step is timed.
+
+Longer than ~300 lines because the rungs, their predictions and the loop that measures them are read
+together in Lab 01-3: each rung's prediction sits next to the code it predicts.
 """
 
 from __future__ import annotations
 
+import gc
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Iterator
 
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+from transformers import StaticCache
+
+from smml_lib.common.device import device_name, resolve_dtype, synchronize
 from smml_lib.models import anatomy
-from smml_lib.models.inference import (DEFAULT_PROMPT, GenerationTiming, _sync, cache_kwarg, model_device, prompt_ids,
-                                timed_generate)
-from smml_lib.perf.roofline import prefill_flops
+from smml_lib.models.inference import (
+    DEFAULT_PROMPT,
+    GenerationTiming,
+    cache_kwarg,
+    model_device,
+    prompt_ids,
+    timed_generate,
+)
+from smml_lib.models.loading import load_llama
+from smml_lib.models.workload import prefill_flops
 
 
 @dataclass(frozen=True)
@@ -105,8 +123,6 @@ class StaticDecoder:
 
     def __init__(self, model: Any, *, max_cache_len: int, compile: str | None = "step", mode: str | None = "auto",
                  backend: str = "inductor"):
-        import torch
-
         if compile not in ("step", "mlp", None):
             raise ValueError(f"compile={compile!r}: use 'step', 'mlp' or None")
         self.model, self.max_cache_len = model, max_cache_len
@@ -152,8 +168,6 @@ class StaticDecoder:
                     mlp.forward = fn
 
     def _cache(self, batch_size: int) -> Any:
-        from transformers import StaticCache
-
         cache = self._caches.get(batch_size)
         if cache is None:
             cache = self._caches[batch_size] = StaticCache(config=self.model.config, max_cache_len=self.max_cache_len)
@@ -164,8 +178,6 @@ class StaticDecoder:
     def generate(self, tokenizer: Any, prompt: str = DEFAULT_PROMPT, *, max_new_tokens: int = 32, batch_size: int = 1,
                  prompt_tokens: int | None = None) -> GenerationTiming:
         """Like ``inference.timed_generate`` (same timings, same greedy tokens) with the static/compiled step."""
-        import torch
-
         ids = prompt_ids(tokenizer, prompt, batch_size=batch_size, prompt_tokens=prompt_tokens, device=self.device)
         if ids.shape[1] + max_new_tokens > self.max_cache_len:
             raise ValueError(f"prompt ({ids.shape[1]}) + new tokens ({max_new_tokens}) exceed max_cache_len "
@@ -174,12 +186,12 @@ class StaticDecoder:
         cudagraphs = self.mode == "reduce-overhead"
         steps, generated = [], []
         with torch.no_grad(), self._compiled_mlps():  # no_grad, not inference_mode: CUDA-graph trees need it
-            _sync(self.device)
+            synchronize(self.device)
             t0 = time.perf_counter()
             with self._eager_mlps():  # logits of the last position only: B x T x vocab would not fit at large B
                 out = self.model(input_ids=ids, use_cache=True, logits_to_keep=1, **{self._cache_kw: cache})
             nxt = out.logits[:, -1, :].argmax(dim=-1, keepdim=True)
-            _sync(self.device)
+            synchronize(self.device)
             ttft = time.perf_counter() - t0
             generated.append(nxt)
             for _ in range(max_new_tokens - 1):
@@ -189,7 +201,7 @@ class StaticDecoder:
                 nxt = self.step(nxt, cache)
                 if cudagraphs:
                     nxt = nxt.clone()  # the graph's output buffer is overwritten by the next replay
-                _sync(self.device)
+                synchronize(self.device)
                 dt = time.perf_counter() - t
                 if self.first_call_s is None:
                     self.first_call_s = dt
@@ -201,12 +213,8 @@ class StaticDecoder:
                                 tokenizer.decode(new[0], skip_special_tokens=True), new[0].tolist())
 
 
-def _apply(model: Any, rung: Rung) -> Any:
+def apply_rung(model: Any, rung: Rung) -> Any:
     """Put the model in the rung's dtype and attention implementation (in place)."""
-    import torch
-
-    from smml_lib.models.loading import resolve_dtype
-
     # RoPE frequencies stay fp32, as a checkpoint loaded in bf16 keeps them: model.to() would round them too,
     # and the bf16 rungs would then differ from the naive one by more than the weights' rounding.
     rope = {n: b.detach().clone() for n, b in model.named_buffers()
@@ -223,9 +231,7 @@ def measure_rung(model: Any, tokenizer: Any, rung: Rung, *, prompt_tokens: int, 
                  repeats: int = 2, decoder: StaticDecoder | None = None, compile_scope: str = "step",
                  compile_backend: str = "inductor") -> dict[str, Any]:
     """Time one rung (after one warm-up generation): median TTFT and TPOT, decode tokens/s, compile cost."""
-    import numpy as np
-
-    _apply(model, rung)
+    apply_rung(model, rung)
     first_call_s = None
     if rung.static_compile:
         decoder = decoder or StaticDecoder(model, max_cache_len=prompt_tokens + new_tokens, compile=compile_scope,
@@ -259,12 +265,6 @@ def run_ladder(model_id: str, rungs: list[Rung], *, prompt_tokens: int, new_toke
     first rung's. ``copy_gbps`` and ``matmul_tflops`` (per dtype) are this device's measured ceilings;
     ``compile_scope`` is passed to ``StaticDecoder`` (``"mlp"`` in smoke mode).
     """
-    import pandas as pd
-    from tqdm.auto import tqdm
-
-    from smml_lib.perf.environment import device_name
-    from smml_lib.models.loading import load_llama
-
     model, tok = load_llama(model_id, dtype="fp32", device=device)
     ctx = prompt_tokens + new_tokens // 2  # the typical context of a step
     rows = []
@@ -292,10 +292,6 @@ def run_ladder(model_id: str, rungs: list[Rung], *, prompt_tokens: int, new_toke
 
 def _release_compiled() -> None:
     """Free what compiled rungs keep alive (dynamo's cache, CUDA-graph memory pools) for the next lab step."""
-    import gc
-
-    import torch
-
     torch._dynamo.reset()
     gc.collect()
     if torch.cuda.is_available():
@@ -312,9 +308,6 @@ def batch_sweep(model: Any, tokenizer: Any, batch_sizes: list[int], *, prompt_to
     and the achieved decode TFLOP/s; with the measured ceilings (``copy_gbps``, ``matmul_tflops`` per dtype) also
     the roofline prediction ``predicted_tpot_s`` for each batch size (at the typical context of a step).
     """
-    import pandas as pd
-    from tqdm.auto import tqdm
-
     decoder = StaticDecoder(model, max_cache_len=prompt_tokens + new_tokens) if static_compile else None  # step scope
     dtype = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}[str(next(model.parameters()).dtype).replace("torch.", "")]
     rung = Rung("batch", dtype, model.config._attn_implementation or "sdpa", True, static_compile)

@@ -23,43 +23,28 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+import torch
+from huggingface_hub import constants, snapshot_download
+from huggingface_hub.errors import (
+    GatedRepoError,
+    HfHubHTTPError,
+    LocalEntryNotFoundError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from smml_lib.common.device import NoGpuError, resolve_device, resolve_dtype
+from smml_lib.common.object_storage import StorageError, fetch_folder
+from smml_lib.models.anatomy import count_params_from_config
+from smml_lib.models.tiny import tiny_llama_path
+
 # Only what from_pretrained needs: skips Meta's original/*.pth copies (another 2.5 GB for the 1B model).
 HUB_PATTERNS = ["*.json", "*.safetensors", "tokenizer*"]
-DTYPES = {"fp32": "float32", "float32": "float32", "bf16": "bfloat16", "bfloat16": "bfloat16",
-          "fp16": "float16", "float16": "float16"}
 
 
 class ModelLoadError(RuntimeError):
     """A model could not be loaded; the message says why and what to do."""
-
-
-def resolve_device(device: Any = "auto") -> "Any":
-    """``"auto"`` -> ``cuda:0`` when a GPU is visible, else ``cpu``; anything else -> ``torch.device``."""
-    import torch
-
-    if device in (None, "auto"):
-        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ModelLoadError(f"device={device!r} asked for a GPU, but torch sees none (CPU-only build, no driver, "
-                             "or CUDA_VISIBLE_DEVICES is empty). Use device='cpu' or mode='smoke'.")
-    return dev
-
-
-def resolve_dtype(dtype: Any = "auto", device: Any = "auto") -> "Any":
-    """``"auto"`` -> bf16 on GPUs that support it, fp16 on older GPUs (T4), fp32 on the CPU."""
-    import torch
-
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype in (None, "auto"):
-        dev = resolve_device(device)
-        if dev.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float32
-    if str(dtype) not in DTYPES:
-        raise ValueError(f"dtype={dtype!r}: use one of auto, {', '.join(DTYPES)}")
-    return getattr(torch, DTYPES[str(dtype)])
 
 
 def _looks_like_path(model_id: str) -> bool:
@@ -68,8 +53,6 @@ def _looks_like_path(model_id: str) -> bool:
 
 
 def _hub_endpoint() -> str:
-    from huggingface_hub import constants
-
     return os.environ.get("HF_ENDPOINT") or constants.ENDPOINT
 
 
@@ -92,10 +75,6 @@ def _probe(endpoint: str, timeout_s: float) -> None:
 def download_from_hub(repo_id: str, *, token: str | None = None, revision: str | None = None,
                       timeout_s: float = 5.0) -> Path:
     """Return a local folder with ``repo_id``'s config, tokenizer and safetensors, downloading if needed."""
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError,
-                                        RepositoryNotFoundError, RevisionNotFoundError)
-
     try:  # 1. already in the local Hugging Face cache? No network needed.
         return Path(snapshot_download(repo_id, revision=revision, local_files_only=True, allow_patterns=HUB_PATTERNS))
     except (LocalEntryNotFoundError, FileNotFoundError, OSError):
@@ -107,7 +86,6 @@ def download_from_hub(repo_id: str, *, token: str | None = None, revision: str |
     endpoint = _hub_endpoint()
     _probe(endpoint, timeout_s)  # 2. fail in seconds, not minutes, when there is no network
     token = token or os.environ.get("HF_TOKEN") or None
-    from huggingface_hub import constants
 
     # huggingface_hub reads HF_HUB_OFFLINE once, at import; we honour the environment as it is *now* (a learner
     # may have changed it in a notebook cell), so the library's flag follows it for the length of the download.
@@ -139,18 +117,14 @@ def resolve_checkpoint(model_id: str, *, token: str | None = None, revision: str
                        timeout_s: float = 5.0) -> tuple[Path, str]:
     """Map ``model_id`` to a local checkpoint folder. Returns ``(folder, kind)``, kind in tiny/local/hub/s3.
 
-    ``s3://bucket/prefix`` is downloaded once into the smml cache (``smml_lib.checkpoint.storage.fetch_model``;
+    ``s3://bucket/prefix`` is downloaded once into the smml cache (``smml_lib.common.object_storage.fetch_folder``;
     ``AWS_ENDPOINT_URL_S3`` points it at an S3-compatible server).
     """
     if model_id == "tiny":
-        from smml_lib.models.tiny import tiny_llama_path
-
         return tiny_llama_path(), "tiny"
     if model_id.startswith("s3://"):
-        from smml_lib.checkpoint.storage import StorageError, fetch_model
-
         try:
-            return fetch_model(model_id), "s3"
+            return fetch_folder(model_id), "s3"
         except StorageError as exc:
             raise ModelLoadError(f"Cannot fetch {model_id!r} from S3: {exc}") from None
     if _looks_like_path(model_id):
@@ -199,24 +173,22 @@ def load_llama(model_id: str = "tiny", *, dtype: Any = "auto", device: Any = "au
         ``(model, tokenizer)``; the tokenizer pads on the left (right for training is up to you).
     """
     path, kind = resolve_checkpoint(model_id, token=token, revision=revision, timeout_s=timeout_s)
-    check_llama_folder(path)  # fail before the heavy imports below
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+    check_llama_folder(path)  # a wrong folder fails here, before any weight is read
+    try:
+        dev = resolve_device(device) if device_map is None else None
+    except NoGpuError as exc:
+        raise ModelLoadError(str(exc)) from None
     torch_dtype = resolve_dtype(dtype, device)
     kwargs: dict[str, Any] = {"dtype": torch_dtype}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     if device_map is not None:
         kwargs.update(device_map=device_map, max_memory=max_memory)
-    dev = resolve_device(device) if device_map is None else None
     try:
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
         if dev is not None:
             model = model.to(dev)
     except torch.OutOfMemoryError:
-        from smml_lib.models.anatomy import count_params_from_config
-
         need = count_params_from_config(json.loads((path / "config.json").read_text())) * torch_dtype.itemsize / 1e9
         raise ModelLoadError(
             f"Out of GPU memory loading {model_id!r}: its weights alone need about {need:.1f} GB in "

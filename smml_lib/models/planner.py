@@ -40,7 +40,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from smml_lib.models.anatomy import _dims, count_params_from_config, kv_cache_bytes_per_token, param_counts
+import pandas as pd
+
+from smml_lib.common.device import bytes_per_element
+from smml_lib.models.anatomy import (
+    ModelDims,
+    count_params_from_config,
+    kv_cache_bytes_per_token,
+    param_counts,
+    preset_config,
+)
+from smml_lib.perf.hardware import lookup_spec
 
 STRATEGY_ALIASES = {"fsdp": "zero3", "fsdp2": "zero3", "fsdp_noreshard": "fsdp_noreshard", "ddp_nosync": "ddp"}
 STRATEGIES = ("single", "ddp", "zero1", "zero2", "zero3", "fsdp_noreshard")
@@ -49,8 +59,6 @@ GB = 1e9
 
 def _config(cfg: Any) -> Any:
     if isinstance(cfg, str):
-        from smml_lib.models.anatomy import preset_config
-
         return preset_config(cfg)
     return cfg
 
@@ -61,8 +69,8 @@ def activation_elements_per_token(cfg: Any, mode: str = "fp32") -> dict[str, dic
     ``layer`` is one decoder layer; ``final`` the last norm, output head and loss (log-softmax) plus the
     logits themselves (alive until the loss is computed). ``mode``: ``fp32`` | ``autocast`` | ``bf16``.
     """
-    k = _dims(_config(cfg))
-    d, ff, qd, kvd, h, v = k["d"], k["ff"], k["h"] * k["hd"], k["kv"] * k["hd"], k["h"], k["V"]
+    m = ModelDims.of(_config(cfg))
+    d, ff, qd, kvd, h, v = m.hidden_size, m.intermediate_size, m.q_dim, m.kv_dim, m.num_heads, m.vocab_size
     attn = 2 * qd + 2 * kvd  # q and the attention output; k and v (SDPA keeps grouped heads unrepeated)
     if mode == "fp32":  # norms: input, normalized, scaled (x2); q/k/v input and MLP input are the norm outputs
         return {"layer": {4: 6 * d + attn + 4 * ff + h}, "final": {4: 3 * d + 2 * v}}
@@ -80,13 +88,13 @@ def _bytes(elements: dict[int, float]) -> float:
 def activation_bytes(cfg: Any, tokens: int, mode: str = "fp32", activation_checkpointing: bool = False) -> dict[str, float]:
     """Saved activation bytes for ``tokens`` tokens in one forward: ``saved`` and, with checkpointing,
     ``recompute`` (one layer's activations rebuilt during backward; transient)."""
-    k = _dims(_config(cfg))
+    m = ModelDims.of(_config(cfg))
     per = activation_elements_per_token(cfg, mode)
     layer, final = _bytes(per["layer"]), _bytes(per["final"])
     if not activation_checkpointing:
-        return {"saved": tokens * (k["L"] * layer + final), "recompute": 0.0}
+        return {"saved": tokens * (m.num_layers * layer + final), "recompute": 0.0}
     stream = 2 if mode == "bf16" else 4  # the residual stream's dtype: each layer keeps only its input
-    return {"saved": tokens * (k["L"] * k["d"] * stream + final), "recompute": tokens * layer}
+    return {"saved": tokens * (m.num_layers * m.hidden_size * stream + final), "recompute": tokens * layer}
 
 
 def normalize_strategy(strategy: str) -> str:
@@ -114,17 +122,16 @@ def training_memory(cfg: Any, *, strategy: str = "ddp", num_gpus: int = 1, micro
     The frame's ``attrs`` carry ``tensors_bytes`` (all components held at once: what the CPU
     measurement counts) and ``peak_bytes`` (the GPU estimate, see the module docstring).
     """
-    import pandas as pd
-
     cfg = _config(cfg)
     s = normalize_strategy(strategy)
     n = 1 if s == "single" else num_gpus
-    k = _dims(cfg)
+    m = ModelDims.of(cfg)
+    head = m.vocab_size * m.hidden_size  # the output head's matmul (the embedding matrix when tied)
     P = count_params_from_config(cfg)
     comp = param_counts(cfg).set_index("component")["params"]
-    per_layer = (comp["attention"] + comp["mlp"]) / k["L"]
-    root = P - per_layer * k["L"]  # embeddings, final norm, untied head
-    matmul = comp["attention"] + comp["mlp"] + k["V"] * k["d"]  # weights that go through a matmul
+    per_layer = (comp["attention"] + comp["mlp"]) / m.num_layers
+    root = P - per_layer * m.num_layers  # embeddings, final norm, untied head
+    matmul = comp["attention"] + comp["mlp"] + head  # weights that go through a matmul
     sharded = s in ("zero3", "fsdp_noreshard")
     mode = "fp32" if precision == "fp32" else ("bf16" if sharded else "autocast")
     pbytes = 4 if precision == "fp32" else 2  # compute dtype of gathered parameters
@@ -140,7 +147,7 @@ def training_memory(cfg: Any, *, strategy: str = "ddp", num_gpus: int = 1, micro
         gathered = P * pbytes
     copies = 0.0
     if mode == "autocast":  # bf16 copies of the weights, saved for backward (only the head's with checkpointing)
-        copies = 2 * (k["V"] * k["d"] if activation_checkpointing else matmul)
+        copies = 2 * (head if activation_checkpointing else matmul)
     rows = [("weights", weights, "fp32 master weights" + (f", 1/{n}" if sharded else "")),
             ("gradients", grads, "fp32" + (f", 1/{n}" if grads < 4 * P else "")),
             ("optimizer", optim, "AdamW m + v in fp32" + (f", 1/{n}" if optim < 8 * P else "")),
@@ -151,11 +158,11 @@ def training_memory(cfg: Any, *, strategy: str = "ddp", num_gpus: int = 1, micro
     df["gb"] = df["bytes"] / GB
     tensors = float(df["bytes"].sum())
     # GPU peak: + the loss's gradient buffers (fp32 logits grad, and its bf16 copy), + a recomputed layer
-    loss_tmp = tokens * k["V"] * (4 + (0 if precision == "fp32" else 2)) + act["recompute"]
+    loss_tmp = tokens * m.vocab_size * (4 + (0 if precision == "fp32" else 2)) + act["recompute"]
     if s in ("ddp", "zero1"):  # gradient buckets live from construction on
         peak = tensors + loss_tmp
     else:  # gradients appear while activations are freed: the larger of the two, plus the head's grad early on
-        head_grad = 4 * k["V"] * k["d"] / (n if sharded else 1)
+        head_grad = 4 * head / (n if sharded else 1)
         layer_tmp = (2 * per_layer * pbytes + per_layer * pbytes) if sharded else 0  # prefetch + unsharded grad
         live = act["saved"] + loss_tmp + head_grad
         # accumulating: the earlier micro-batches' gradients stay while the next one's activations are alive
@@ -193,8 +200,6 @@ def gpu_capacity_bytes(gpu: str = "L4", usable_fraction: float = 0.94) -> float:
     About 6% goes to the CUDA context, the driver and ECC-reserved memory: an L4 sold as 24 GB shows
     22.5 GiB (24.15 GB) to torch, of which the context takes some hundreds of MB.
     """
-    from smml_lib.perf.hardware import lookup_spec
-
     found = lookup_spec(gpu)
     if not found.found:
         raise ValueError(found.message)
@@ -209,8 +214,6 @@ def fits(need_bytes: float, gpu: str = "L4", usable_fraction: float = 0.94) -> F
 def training_plan(cfg: Any, *, strategies: tuple[str, ...] = ("ddp", "zero1", "zero2", "zero3"),
                   gpu_counts: tuple[int, ...] = (1, 2, 4), gpu: str = "L4", **kwargs: Any) -> Any:
     """One row per (strategy, GPU count): memory per GPU by component, the peak estimate, and whether it fits."""
-    import pandas as pd
-
     rows = []
     for s in strategies:
         for n in gpu_counts:
@@ -227,10 +230,6 @@ def inference_memory(cfg: Any, *, dtype: str = "bf16", batch_size: int = 1, cont
                      num_gpus: int = 1, gpu: str | None = "L4") -> Any:
     """Weights + KV cache for ``batch_size`` x ``context_len``, total and per GPU when split over ``num_gpus``
     (layers spread evenly, as ``device_map="auto"`` does). Adds a ``fits`` verdict when ``gpu`` is given."""
-    import pandas as pd
-
-    from smml_lib.models.anatomy import bytes_per_element
-
     cfg = _config(cfg)
     w = count_params_from_config(cfg) * bytes_per_element(dtype)
     kv = kv_cache_bytes_per_token(cfg, dtype) * batch_size * context_len

@@ -23,6 +23,10 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import pandas as pd
+
+from smml_lib.models.anatomy import forward_flops_per_token
+
 CHINCHILLA_TOKENS_PER_PARAM = 20.0
 
 
@@ -48,7 +52,12 @@ FITS = {
 
 
 def training_flops(n_params: float, n_tokens: float) -> float:
-    """C = 6 N D: FLOPs to train ``n_params`` parameters on ``n_tokens`` tokens (attention left out)."""
+    """C = 6 N D: FLOPs to train ``n_params`` parameters on ``n_tokens`` tokens (attention left out).
+
+    2 FLOPs per parameter per token forward, 4 backward (Kaplan et al. 2020). The float factor comes first, so
+    the product is computed in floating point: numpy int64 products overflow past 9.2e18, and a 1B model on
+    20B tokens is already 1.2e20. Works on numbers and on pandas/numpy columns alike.
+    """
     return 6.0 * n_params * n_tokens
 
 
@@ -58,8 +67,6 @@ def train_flops_per_token(cfg: Any, seq_len: int) -> float:
     Activation checkpointing recomputes the forward (hardware FLOPs 4x forward) but MFU counts model
     FLOPs only, so the recomputation shows up as a lower MFU, as it should.
     """
-    from smml_lib.models.anatomy import forward_flops_per_token
-
     return 3.0 * forward_flops_per_token(cfg, context_len=seq_len)
 
 
@@ -129,8 +136,6 @@ def compute_for_gpu_hours(hours: float, peak_tflops: float, mfu_fraction: float)
 def budget_table(gpu_hour_budgets: list[float], peak_tflops: float, mfu_fraction: float,
                  tokens_per_param: float = CHINCHILLA_TOKENS_PER_PARAM) -> Any:
     """For each GPU-hour budget: the compute it buys and the compute-optimal N and D (DataFrame)."""
-    import pandas as pd
-
     rows = []
     for h in gpu_hour_budgets:
         c = compute_for_gpu_hours(h, peak_tflops, mfu_fraction)

@@ -14,6 +14,7 @@ safe when several processes (e.g. torchrun ranks) ask at once: one builds, the o
 
 from __future__ import annotations
 
+import argparse
 import fcntl
 import hashlib
 import json
@@ -23,7 +24,13 @@ import tempfile
 from importlib import resources
 from pathlib import Path
 
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from smml_lib.common.device import resolve_dtype
 from smml_lib.common.paths import cache_dir
+from smml_lib.models.anatomy import preset_config
 
 BUILDER_VERSION = 2
 BOS, EOS = "<|begin_of_text|>", "<|end_of_text|>"
@@ -62,8 +69,6 @@ def train_tokenizer(corpus: str, vocab_size: int = TOKENIZER_VOCAB) -> "object":
     Byte-level means every possible byte is in the base alphabet, so any text can be encoded:
     there is no "unknown token". BPE then merges the most frequent pairs into longer tokens.
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -80,8 +85,6 @@ def train_tokenizer(corpus: str, vocab_size: int = TOKENIZER_VOCAB) -> "object":
 
 def save_tokenizer(dest: Path, max_len: int) -> tuple["object", "object"]:
     """Train the tiny tokenizer and save it into ``dest`` as a transformers tokenizer. Returns (raw, wrapped)."""
-    from transformers import PreTrainedTokenizerFast
-
     dest.mkdir(parents=True, exist_ok=True)
     raw = train_tokenizer(_corpus())
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=raw, bos_token=BOS, eos_token=EOS, pad_token=EOS,
@@ -92,9 +95,6 @@ def save_tokenizer(dest: Path, max_len: int) -> tuple["object", "object"]:
 
 def build_tiny_llama(dest: Path, seed: int = 0) -> Path:
     """Build the tiny Llama checkpoint into ``dest`` (weights, config, tokenizer). Deterministic."""
-    import torch
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
-
     dest = Path(dest)
     raw, tokenizer = save_tokenizer(dest, TINY_CONFIG["max_position_embeddings"])
     vocab = -(-len(tokenizer) // 64) * 64  # round the embedding table up to a multiple of 64, as real models do
@@ -128,14 +128,7 @@ def build_twin(preset: str, dest: Path, *, device: str = "cpu", dtype: str = "bf
         dtype: the dtype the weights are saved in (``"bf16"`` as the published checkpoints).
         overrides: config entries to change (tests use a few layers of the real width).
     """
-    import torch
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
-
-    from smml_lib.models.anatomy import preset_config
-    from smml_lib.models.loading import resolve_dtype
-
-    shape = {k: v for k, v in preset_config(preset).items() if not k.startswith("_") and k != "model_type"}
-    shape |= dict(overrides or {})
+    shape = preset_config(preset) | dict(overrides or {})
     dest = Path(dest)
     raw, _ = save_tokenizer(dest, shape["max_position_embeddings"])
     ids = {f"{k}_token_id": raw.token_to_id(t) for k, t in (("bos", BOS), ("eos", EOS), ("pad", EOS))}
@@ -179,8 +172,6 @@ def tiny_llama_path(rebuild: bool = False) -> Path:
 
 
 def cli(argv: list[str]) -> int:
-    import argparse
-
     p = argparse.ArgumentParser(prog="smml tiny", description="Build (or locate) the offline tiny Llama.")
     p.add_argument("--rebuild", action="store_true", help="build again even if cached")
     p.add_argument("--twin", metavar="PRESET",
@@ -192,8 +183,6 @@ def cli(argv: list[str]) -> int:
         if not args.dest:
             p.error("--twin needs --dest FOLDER")
         if args.device.startswith("cuda"):
-            import torch
-
             if not torch.cuda.is_available():
                 p.error(f"--device {args.device}: torch sees no CUDA GPU here; use --device cpu (slower, same result)")
         print(build_twin(args.twin, args.dest, device=args.device))

@@ -9,9 +9,13 @@ inventory a 26 GB checkpoint in milliseconds without loading a single weight.
 from __future__ import annotations
 
 import json
+import math
 import struct
 from pathlib import Path
 from typing import Any
+
+import pandas as pd
+import torch
 
 from smml_lib.models.anatomy import component_of
 
@@ -21,8 +25,6 @@ SAFETENSORS_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1
 
 def checkpoint_files(path: str | Path) -> "Any":
     """Files of a checkpoint folder with their sizes and what they are for (DataFrame)."""
-    import pandas as pd
-
     role = {".safetensors": "weights", ".json": "config / tokenizer", ".model": "tokenizer (sentencepiece)",
             ".txt": "tokenizer / notes", ".md": "notes"}
     rows = [{"file": f.name, "bytes": f.stat().st_size, "mb": f.stat().st_size / 1e6,
@@ -41,10 +43,6 @@ def read_safetensors_header(file: str | Path) -> dict[str, Any]:
 
 def safetensors_index(path: str | Path) -> "Any":
     """Every tensor in a checkpoint folder's safetensors files: name, component, dtype, shape, params, bytes."""
-    import math
-
-    import pandas as pd
-
     rows = []
     for file in sorted(Path(path).glob("*.safetensors")):
         for name, info in read_safetensors_header(file).items():
@@ -71,8 +69,6 @@ def model_memory_bytes(model: Any) -> int:
 
 def kv_cache_bytes(past_key_values: Any) -> int:
     """Bytes of a KV cache returned by a forward pass (keys + values of every layer)."""
-    import torch
-
     total = 0
     layers = getattr(past_key_values, "layers", None)
     if layers is not None:  # transformers >= 4.56 Cache objects

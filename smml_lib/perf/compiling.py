@@ -18,6 +18,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import pandas as pd
+import torch
+from torch._dynamo.utils import counters
+
 from smml_lib.perf.timing import Timing, benchmark, stopwatch
 
 
@@ -50,8 +54,6 @@ class CompileReport:
 def compile_and_compare(fn: Callable[..., Any], *args: Any, label: str = "", device: Any = None,
                         compile_kwargs: dict[str, Any] | None = None, iters: int | None = None) -> CompileReport:
     """Time ``fn`` eagerly, then ``torch.compile(fn)``: its first call (the compile cost) and its steady state."""
-    import torch
-
     compiled = torch.compile(fn, **(compile_kwargs or {}))
     eager_t = benchmark(fn, *args, iters=iters, device=device, label=f"{label} eager")
     with stopwatch(device) as sw:
@@ -62,8 +64,6 @@ def compile_and_compare(fn: Callable[..., Any], *args: Any, label: str = "", dev
 
 def graph_breaks(fn: Callable[..., Any], *args: Any) -> dict[str, Any]:
     """How TorchDynamo splits ``fn``: number of graphs, of breaks, and the reason for each break."""
-    import torch
-
     torch._dynamo.reset()
     explanation = torch._dynamo.explain(fn)(*args)
     reasons = []
@@ -80,7 +80,7 @@ def graph_breaks(fn: Callable[..., Any], *args: Any) -> dict[str, Any]:
 def inductor_cache_stats() -> dict[str, int]:
     """Inductor's on-disk FX-graph cache hits/misses so far in this process (a warm cache compiles faster)."""
     try:
-        from torch._dynamo.utils import counters
+        from torch._dynamo.utils import counters  # deferred: optional
 
         return {"fxgraph_cache_hit": int(counters["inductor"]["fxgraph_cache_hit"]),
                 "fxgraph_cache_miss": int(counters["inductor"]["fxgraph_cache_miss"])}
@@ -90,8 +90,6 @@ def inductor_cache_stats() -> dict[str, int]:
 
 def reset() -> None:
     """Forget every compiled graph in this process (the next compiled call compiles again)."""
-    import torch
-
     torch._dynamo.reset()
 
 
@@ -104,8 +102,6 @@ CHAIN_FUSED_PASSES = 2
 
 def elementwise_chain(x: "Any") -> "Any":
     """gelu(1.5x + 0.5) * sigmoid(x) - x/3, written as 7 separate elementwise operations."""
-    import torch
-
     a = x * 1.5
     b = a + 0.5
     c = torch.nn.functional.gelu(b)
@@ -119,10 +115,6 @@ def recompile_demo(fn: Callable[..., Any], sizes: list[int], device: Any = None)
     The first size compiles a graph specialised to that shape; calling it again is fast. A new size fails
     the shape guard and recompiles, this time with a *dynamic* size, so a third size reuses that graph.
     """
-    import pandas as pd
-    import torch
-    from torch._dynamo.utils import counters
-
     torch._dynamo.reset()
     compiled = torch.compile(fn)
     rows = []

@@ -14,43 +14,22 @@ import subprocess
 from functools import lru_cache
 from typing import Any
 
+import torch
+
 from smml_lib import __version__
+from smml_lib.common.device import cpu_name, device_name, resolve_device
+from smml_lib.common.paths import repo_root
 from smml_lib.perf import nvml
 
 
 @lru_cache(maxsize=1)
 def _git_commit() -> str | None:
     try:
-        from smml_lib.common.paths import repo_root
-
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo_root(), capture_output=True,
                              text=True, timeout=5)
         return out.stdout.strip() or None
     except Exception:
         return None
-
-
-@lru_cache(maxsize=1)
-def cpu_name() -> str:
-    """The CPU model name from /proc/cpuinfo (falls back to ``platform.processor()``)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def device_name(device: Any = None) -> str:
-    """Human name of a torch device: the GPU's name on CUDA, the CPU model otherwise."""
-    import torch
-
-    dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if dev.type == "cuda":
-        return torch.cuda.get_device_name(dev)
-    return cpu_name()
 
 
 def environment(device: Any = None, dtype: Any = None) -> dict[str, Any]:
@@ -60,9 +39,7 @@ def environment(device: Any = None, dtype: Any = None) -> dict[str, Any]:
         device: the torch device measured (default: the first GPU, else the CPU).
         dtype: the data type measured, if any.
     """
-    import torch
-
-    dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = resolve_device(device)
     rec: dict[str, Any] = {
         "timestamp_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "device": str(dev),
@@ -78,7 +55,7 @@ def environment(device: Any = None, dtype: Any = None) -> dict[str, Any]:
         "host_cpus": os.cpu_count(),
     }
     try:
-        import transformers
+        import transformers  # deferred: optional, and heavy (1-2 s) for a version string
 
         rec["transformers"] = transformers.__version__
     except ImportError:

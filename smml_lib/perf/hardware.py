@@ -1,15 +1,17 @@
 """What hardware are we on, what does its datasheet promise, and what does it really deliver?
 
-Three layers, used throughout the course:
+Two of the three layers used throughout the course live here:
 
-1. ``detect()``: the devices torch sees (GPUs with name, memory, SM count; else the CPU).
+1. ``detect()``: the devices torch sees (GPUs with name, memory, SM count; else the CPU), the dtypes
+   worth benchmarking on them, and which GPU pairs can reach each other's memory directly.
 2. ``SPECS`` / ``lookup_spec(name)``: a datasheet table of accelerators with **dense** peak
    TFLOP/s per dtype (vendors often headline the 2:4-*sparse* figure, twice as large; training and
-   inference of ordinary models never see it), memory, bandwidth, L2 and SM count, each row with its
-   source. An unknown GPU gives a clear "no datasheet entry" result, not a crash.
-3. ``measure_ceilings(device)``: what this device achieves on a large matmul and a large copy.
-   These measured ceilings draw a roofline where no datasheet applies (the CPU, an unlisted GPU)
-   and show how far below the datasheet a real kernel lands.
+   inference of ordinary models never see it), memory in GB (1e9 bytes), bandwidth, L2 and SM count,
+   each row with its source. An unknown GPU gives a clear "no datasheet entry" result, not a crash.
+
+The third, what this device really achieves on a large matmul and a large copy, is
+``smml_lib.perf.ceilings``; where a datasheet's compute and memory roofs meet (the ridge point) is
+``smml_lib.perf.roofline``.
 """
 
 from __future__ import annotations
@@ -18,8 +20,11 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from smml_lib.perf.environment import cpu_name
-from smml_lib.perf.timing import Timing, benchmark
+import pandas as pd
+import psutil
+import torch
+
+from smml_lib.common.device import cpu_name, resolve_device
 
 
 @dataclass(frozen=True)
@@ -47,11 +52,6 @@ class AcceleratorSpec:
                 "bf16": self.bf16_tflops, "bfloat16": self.bf16_tflops, "fp16": self.fp16_tflops,
                 "float16": self.fp16_tflops, "fp8": self.fp8_tflops}.get(dtype.replace("torch.", ""))
 
-    def ridge_point(self, dtype: str = "bf16") -> float | None:
-        """Arithmetic intensity (FLOP/byte) where the compute roof meets the memory roof."""
-        peak = self.peak_tflops(dtype)
-        return peak * 1e12 / (self.bandwidth_gbs * 1e9) if peak else None
-
 
 _FACTS = "shared/reference/hardware-aws-facts.md"
 # fmt: off
@@ -74,12 +74,12 @@ SPECS: list[AcceleratorSpec] = [
                     "NVLink4 450 GB/s per direction", f"stas00/ml-engineering dense table [{_FACTS}]"),
     AcceleratorSpec("H100 PCIe", r"H100.*PCIe", 51, 378, 756, 756, 1513, 80, 2000, 50, 114, 350, "PCIe Gen5",
                     f"NVIDIA product brief PB-11133 (L2, SMs unverified) [{_FACTS}]"),
-    AcceleratorSpec("H200", r"H200(?!.*NVL)", 67, 494.5, 989, 989, 1979, 141, 4800, 50, 132, 700,
+    AcceleratorSpec("H200", r"\bH200\b(?!.*NVL)", 67, 494.5, 989, 989, 1979, 141, 4800, 50, 132, 700,
                     "NVLink4 450 GB/s per direction", f"stas00/ml-engineering dense table [{_FACTS}]"),
-    AcceleratorSpec("Trainium1", r"^Trainium1?$", 47.5, 190, 190, 190, 190, 32, 880, None, None, None, "NeuronLink-v2",
-                    f"AWS Neuron docs, per chip (820 GiB/s) [{_FACTS}]"),
-    AcceleratorSpec("Trainium2", r"^Trainium2$", 181, 667, 667, 667, 1299, 96, 2900, None, None, None, "NeuronLink-v3",
-                    f"AWS Neuron docs, per chip [{_FACTS}]"),
+    AcceleratorSpec("Trainium1", r"^Trainium1?$", 47.5, 190, 190, 190, 190, 34.36, 880, None, None, None,
+                    "NeuronLink-v2", f"AWS Neuron docs, per chip (32 GiB, 820 GiB/s) [{_FACTS}]"),
+    AcceleratorSpec("Trainium2", r"^Trainium2$", 181, 667, 667, 667, 1299, 103.08, 2900, None, None, None,
+                    "NeuronLink-v3", f"AWS Neuron docs, per chip (96 GiB) [{_FACTS}]"),
 ]
 # fmt: on
 
@@ -107,13 +107,11 @@ def lookup_spec(name: str) -> SpecLookup:
         if re.search(spec.match, name, flags=re.IGNORECASE):
             return SpecLookup(name, spec, f"datasheet entry: {spec.name}")
     return SpecLookup(name, None, f"no datasheet entry for {name!r}: rooflines use measured ceilings only "
-                                  "(smml_lib.perf.hardware.measure_ceilings)")
+                                  "(smml_lib.perf.ceilings.measure_ceilings)")
 
 
 def spec_table() -> "Any":
     """The whole datasheet table as a DataFrame (one row per accelerator)."""
-    import pandas as pd
-
     return pd.DataFrame([asdict(s) for s in SPECS]).drop(columns=["match"])
 
 
@@ -130,9 +128,6 @@ class DeviceInfo:
 
 def detect() -> list[DeviceInfo]:
     """The devices torch can use: every visible CUDA GPU, or the CPU when there is none."""
-    import psutil
-    import torch
-
     if torch.cuda.is_available():
         out = []
         for i in range(torch.cuda.device_count()):
@@ -145,23 +140,12 @@ def detect() -> list[DeviceInfo]:
 
 
 def devices_frame() -> "Any":
-    import pandas as pd
-
     return pd.DataFrame([asdict(d) for d in detect()])
-
-
-def default_device() -> "Any":
-    """``cuda:0`` when a GPU is visible, else ``cpu``."""
-    import torch
-
-    return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
 
 
 def supported_dtypes(device: Any = None) -> list[str]:
     """Matmul dtypes worth benchmarking on a device (fp8 only where tensor cores support it)."""
-    import torch
-
-    dev = torch.device(device) if device is not None else default_device()
+    dev = resolve_device(device)
     if dev.type != "cuda":
         return ["fp32", "bf16"]
     major, minor = torch.cuda.get_device_capability(dev)
@@ -180,76 +164,7 @@ def peer_access_matrix() -> "Any":
     On a g6.12xlarge the four L4s share no NVLink and no PCIe P2P, so this matrix is all False off
     the diagonal and NCCL stages GPU-to-GPU traffic through host memory. Empty with fewer than 2 GPUs.
     """
-    import pandas as pd
-    import torch
-
     n = torch.cuda.device_count() if torch.cuda.is_available() else 0
     names = [f"cuda:{i}" for i in range(n)]
     data = [[True if i == j else bool(torch.cuda.can_device_access_peer(i, j)) for j in range(n)] for i in range(n)]
     return pd.DataFrame(data, index=names, columns=names)
-
-
-@dataclass
-class Ceilings:
-    """Measured ceilings of one device: best matmul TFLOP/s and copy bandwidth (read + write bytes)."""
-
-    device_name: str
-    matmul_dtype: str
-    matmul_size: int
-    matmul_tflops: float
-    copy_bytes: int
-    copy_gbps: float
-    matmul: Timing
-    copy: Timing
-
-    @property
-    def ridge_point(self) -> float:
-        """FLOP/byte where this device's measured compute and memory roofs meet."""
-        return self.matmul_tflops * 1e12 / (self.copy_gbps * 1e9)
-
-    def summary(self) -> dict[str, Any]:
-        return {"device_name": self.device_name, "matmul_dtype": self.matmul_dtype,
-                "matmul_size": self.matmul_size, "matmul_tflops": self.matmul_tflops,
-                "matmul_spread": self.matmul.spread, "copy_mib": self.copy_bytes / 2**20,
-                "copy_gbps": self.copy_gbps, "copy_spread": self.copy.spread,
-                "ridge_flop_per_byte": self.ridge_point, "method": self.matmul.method}
-
-
-_TORCH_DTYPES = {"fp32": "float32", "tf32": "float32", "bf16": "bfloat16", "fp16": "float16"}
-
-
-def measure_ceilings(device: Any = None, *, dtype: str | None = None, matmul_size: int | None = None,
-                     copy_mib: int | None = None, iters: int | None = None) -> Ceilings:
-    """Measure achievable matmul FLOP/s and memory-copy bandwidth on ``device``.
-
-    Args:
-        device: torch device (default: first GPU, else CPU).
-        dtype: ``fp32``/``tf32``/``bf16``/``fp16``; default bf16 on GPUs, fp32 on the CPU.
-        matmul_size: n of the n x n x n matmul (default 8192 on GPUs, 1024 on the CPU).
-        copy_mib: size of the copied tensor (default 1024 MiB on GPUs, 128 MiB on the CPU).
-        iters: timed iterations (default: chosen by the harness).
-    """
-    import torch
-
-    dev = torch.device(device) if device is not None else default_device()
-    gpu = dev.type == "cuda"
-    dtype = dtype or ("bf16" if gpu else "fp32")
-    n = matmul_size or (8192 if gpu else 1024)
-    copy_mib = copy_mib or (1024 if gpu else 128)
-    tdtype = getattr(torch, _TORCH_DTYPES[dtype])
-    prev_tf32 = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = dtype == "tf32"
-    try:
-        a = torch.randn(n, n, device=dev, dtype=tdtype)
-        b = torch.randn(n, n, device=dev, dtype=tdtype)
-        out = torch.empty(n, n, device=dev, dtype=tdtype)
-        mm = benchmark(torch.mm, a, b, out=out, iters=iters, device=dev, dtype=tdtype, label=f"mm {n}^3 {dtype}")
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = prev_tf32
-    del a, b, out
-    src = torch.randn(copy_mib * 2**20 // 4, device=dev, dtype=torch.float32)
-    dst = torch.empty_like(src)
-    cp = benchmark(dst.copy_, src, iters=iters, device=dev, flush_l2=False, label=f"copy {copy_mib} MiB")
-    moved = 2 * src.numel() * src.element_size()  # every byte is read once and written once
-    del src, dst
-    return Ceilings(mm.env["device_name"], dtype, n, mm.tflops(2 * n**3), moved, cp.gbps(moved), mm, cp)

@@ -23,6 +23,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator
 
+import torch
+
 
 def _local(t: Any) -> Any:
     """The local shard of a DTensor (FSDP2 / tensor parallel), the tensor itself otherwise."""
@@ -91,8 +93,6 @@ def saved_activations(model: Any, extra: list | None = None) -> Iterator[SavedAc
     ``extra``: tensors created in the block that stay alive until backward (e.g. the logits),
     appended by the caller before the block ends.
     """
-    import torch
-
     out = SavedActivations()
     exclude = param_storage_ptrs(model)
 
@@ -109,8 +109,6 @@ def saved_activations(model: Any, extra: list | None = None) -> Iterator[SavedAc
 
 
 def reset_peak(device: Any) -> None:
-    import torch
-
     if getattr(device, "type", str(device)) == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
@@ -118,8 +116,6 @@ def reset_peak(device: Any) -> None:
 
 def cuda_peak_bytes(device: Any) -> int | None:
     """``max_memory_allocated`` on a CUDA device, ``None`` elsewhere."""
-    import torch
-
     if getattr(device, "type", str(device)) != "cuda":
         return None
     torch.cuda.synchronize(device)

@@ -16,7 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from smml_lib.common.paths import output_dir, reference_dir
+from smml_lib.perf.environment import environment
 
 
 @dataclass
@@ -39,8 +42,6 @@ def _records(data: Any) -> list[dict[str, Any]]:
 def save_result(name: str, data: Any, *, mode: str | None = None, env: dict[str, Any] | None = None,
                 **meta: Any) -> Path:
     """Save a DataFrame (or dict / list of dicts) as ``<outputs>/results/<name>.json`` with its environment."""
-    from smml_lib.perf.environment import environment
-
     payload = {"name": name, "saved_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                "mode": mode, "env": env if env is not None else environment(), **meta, "records": _records(data)}
     path = output_dir("results") / f"{name}.json"
@@ -51,8 +52,6 @@ def save_result(name: str, data: Any, *, mode: str | None = None, env: dict[str,
 
 
 def _read(path: Path, source: str) -> Result:
-    import pandas as pd
-
     payload = json.loads(path.read_text())
     records = payload.pop("records")
     return Result(payload.get("name", path.stem), pd.DataFrame(records), payload, source, path)

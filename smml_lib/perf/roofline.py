@@ -14,7 +14,7 @@ M << N, K: decode at batch 1 sits far left of the ridge. The **critical batch si
 the layer reaches the ridge: from there on, adding sequences to the batch costs time.
 
 Rooflines come from the datasheet (``hardware.lookup_spec``, dense peaks) and from this device's
-measured ceilings (``hardware.measure_ceilings``); on a CPU or an unlisted GPU only the measured one exists.
+measured ceilings (``ceilings.measure_ceilings``); on a CPU or an unlisted GPU only the measured one exists.
 """
 
 from __future__ import annotations
@@ -23,9 +23,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
-from smml_lib.models.anatomy import _dims, bytes_per_element, forward_flops_per_token, kv_cache_bytes_per_token, param_counts
-from smml_lib.perf.gemm import DTYPE_BYTES, dtype_name, out_dtype_of
+from smml_lib.common import plots
+from smml_lib.common.device import bytes_per_element, dtype_name
+from smml_lib.perf.gemm import out_dtype_of
+from smml_lib.perf.hardware import SPECS, lookup_spec
 
 
 def ridge_point(peak_tflops: float, bandwidth_gbs: float) -> float:
@@ -44,8 +47,7 @@ def critical_batch_size(ridge: float, n: int, k: int, dtype: Any = "bf16") -> fl
     Solves 2MNK = ridge x (b·MK + b·KN + b_out·MN) for M. For N, K >> M this is about ridge x b / 2:
     the well-known "about 400 tokens" for an L4 in bf16 (b = 2 bytes).
     """
-    d = dtype_name(dtype)
-    b, b_out = DTYPE_BYTES[d], DTYPE_BYTES[out_dtype_of(d)]
+    b, b_out = bytes_per_element(dtype), bytes_per_element(out_dtype_of(dtype))
     denom = 2.0 * n * k - ridge * (b * k + b_out * n)
     return ridge * b * k * n / denom if denom > 0 else float("inf")
 
@@ -77,8 +79,6 @@ class Roof:
 
 def datasheet_roof(device_name: str, dtype: str = "bf16") -> Roof | None:
     """The datasheet roofline of a device (dense peak), or ``None`` when there is no entry or no such dtype."""
-    from smml_lib.perf.hardware import lookup_spec
-
     spec = lookup_spec(device_name).spec
     peak = spec.peak_tflops(dtype_name(dtype)) if spec else None
     if not peak:
@@ -86,8 +86,16 @@ def datasheet_roof(device_name: str, dtype: str = "bf16") -> Roof | None:
     return Roof(f"{spec.name} datasheet {dtype_name(dtype)}", peak, spec.bandwidth_gbs, "datasheet", dtype_name(dtype))
 
 
+def datasheet_ridges(dtype: str = "bf16") -> pd.DataFrame:
+    """Every accelerator in the datasheet table with its dense ``dtype`` peak, bandwidth and ridge point."""
+    rows = [{"name": spec.name, f"{dtype}_tflops": spec.peak_tflops(dtype), "bandwidth_gbs": spec.bandwidth_gbs,
+             "ridge_flop_per_byte": ridge_point(spec.peak_tflops(dtype), spec.bandwidth_gbs)}
+            for spec in SPECS if spec.peak_tflops(dtype)]
+    return pd.DataFrame(rows)
+
+
 def measured_roof(ceilings: Any) -> Roof:
-    """The roofline measured on this device (``hardware.measure_ceilings``: best matmul, large copy)."""
+    """The roofline measured on this device (``ceilings.measure_ceilings``: best matmul, large copy)."""
     return Roof(f"measured {ceilings.matmul_dtype}", ceilings.matmul_tflops, ceilings.copy_gbps, "measured",
                 ceilings.matmul_dtype)
 
@@ -116,8 +124,6 @@ def roofs(ceilings: Any = None, device_name: str | None = None, dtypes: list[str
 
 
 def roofs_frame(roof_list: list[Roof]) -> "Any":
-    import pandas as pd
-
     return pd.DataFrame([r.row() for r in roof_list])
 
 
@@ -129,61 +135,6 @@ def classify(df: Any, roof: Roof, *, intensity: str = "intensity", tflops: str =
     if tflops in out:
         out["pct_of_attainable"] = 100 * out[tflops] / out["attainable_tflops"]
     return out
-
-
-def prefill_flops(config: Any, prompt_tokens: int) -> float:
-    """FLOPs of one prompt's prefill: every position t attends over the t positions before it.
-
-    The sum of ``forward_flops_per_token(config, t)`` for t < T, in closed form.
-    """
-    k = _dims(config)
-    t = prompt_tokens
-    return t * forward_flops_per_token(config, 0) + 4.0 * k["L"] * k["h"] * k["hd"] * t * (t - 1) / 2
-
-
-def llama_step_points(config: Any, dtype: Any = "bf16", *, batch_sizes: list[int], context_len: int,
-                      prompt_tokens: int | None = None) -> "Any":
-    """Where a Llama's prefill and decode steps sit on the roofline, from the config alone.
-
-    decode (per step, B sequences at context S): FLOPs = B x forward FLOPs per token at context S;
-    bytes = every matmul weight once + the KV cache of B x S tokens read + B new tokens' KV written.
-    prefill (B prompts of T tokens): FLOPs = B x sum over positions; bytes = weights + B x T tokens' KV written.
-    Activations are left out: they stay small next to weights at these batch sizes.
-    """
-    import pandas as pd
-
-    k, b = _dims(config), bytes_per_element(dtype)
-    counts = param_counts(config).set_index("component")["params"]
-    weights = (counts["attention"] + counts["mlp"] + k["V"] * k["d"] + counts["norms"]) * b  # head reads V x d
-    kv = kv_cache_bytes_per_token(config, dtype)
-    rows = []
-    for bs in batch_sizes:
-        fl = bs * forward_flops_per_token(config, context_len)
-        by = weights + bs * (context_len + 1) * kv
-        rows.append({"phase": "decode", "batch_size": bs, "tokens": bs, "flops": fl, "bytes": by})
-        if prompt_tokens:
-            fl = bs * prefill_flops(config, prompt_tokens)
-            by = weights + bs * prompt_tokens * kv
-            rows.append({"phase": "prefill", "batch_size": bs, "tokens": bs * prompt_tokens, "flops": fl, "bytes": by})
-    df = pd.DataFrame(rows)
-    df["intensity"] = df["flops"] / df["bytes"]
-    df["label"] = [f"{p} B={bs}" for p, bs in zip(df["phase"], df["batch_size"])]
-    return df
-
-
-def decode_critical_batch(config: Any, dtype: Any, ridge: float, context_len: int) -> float:
-    """Batch size at which a whole decode step reaches the ridge intensity (``inf`` if it never does).
-
-    One step at batch B does B x F FLOPs (F = forward FLOPs per token at this context) and moves
-    W + B x (S + 1) x kv bytes (weights once, each sequence's KV cache). Solving B·F = ridge x bytes:
-    B = ridge·W / (F - ridge·(S + 1)·kv). A long context makes the KV term grow with B like the FLOPs do,
-    so past some context no batch size makes decode compute-bound.
-    """
-    pts = llama_step_points(config, dtype, batch_sizes=[1], context_len=context_len)
-    weights = pts["bytes"].iloc[0] - (context_len + 1) * kv_cache_bytes_per_token(config, dtype)
-    per_seq_bytes = (context_len + 1) * kv_cache_bytes_per_token(config, dtype)
-    denom = pts["flops"].iloc[0] - ridge * per_seq_bytes
-    return ridge * weights / denom if denom > 0 else float("inf")
 
 
 _ROOF_STYLE = {"datasheet": dict(linestyle="--", linewidth=1.6), "measured": dict(linestyle="-", linewidth=2.0)}
@@ -199,8 +150,6 @@ def plot_roofline(points: Any = None, roof_list: list[Roof] = (), *, x: str = "i
         roof_list: ``Roof`` objects (datasheet dashed, measured solid).
         hue: column that colours the points (e.g. dtype); ``label`` names each point.
     """
-    from smml_lib.common import plots
-
     own = ax is None
     fig, ax = plots.figure(title=title, size=(7.5, 5)) if own else (ax.figure, ax)
     xs = [1e-1, 1e4]

@@ -33,6 +33,9 @@ import time
 from contextlib import contextmanager
 from typing import Any, Iterator
 
+import pandas as pd
+
+from smml_lib.common import plots
 from smml_lib.perf.telemetry_backends import CPU_METRICS, GPU_METRICS, make_backend, nvml_indices_of
 
 
@@ -147,8 +150,6 @@ class Sampler:
     @property
     def frame(self) -> "Any":
         """All samples: one row per sample and GPU; ``energy_j`` counts from the sampler's start."""
-        import pandas as pd
-
         with self._lock:
             df = pd.DataFrame(self.rows)
         if df.empty:
@@ -160,16 +161,12 @@ class Sampler:
         return df
 
     def phases_frame(self) -> "Any":
-        import pandas as pd
-
         df = pd.DataFrame(self.phases, columns=["phase", "start_s", "end_s", "energy_j"])
         df["duration_s"] = df["end_s"] - df["start_s"]
         return df
 
     def summary(self, by_phase: bool = False) -> "Any":
         """Per GPU (and phase): samples, duration, mean and max of each metric, energy (J), throttled share."""
-        import pandas as pd
-
         df = self.frame
         if df.empty:
             return pd.DataFrame()
@@ -220,10 +217,6 @@ def plot_timeline(samples: Any, phases: Any = None, *, metrics: list[str] | None
 
     Samples where power or heat held the clocks down are marked with red ticks on the SM-clock panel.
     """
-    import pandas as pd
-
-    from smml_lib.common import plots
-
     if samples is None or len(samples) == 0:
         return None
     default = ["util_gpu_pct", "power_w", "sm_clock_mhz", "mem_used_gb"] if "util_gpu_pct" in samples else [

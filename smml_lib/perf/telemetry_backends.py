@@ -15,6 +15,9 @@ import os
 import time
 from typing import Any
 
+import psutil
+
+from smml_lib.common.display import show
 from smml_lib.perf import nvml
 
 # Clock-event ("throttle") reasons, nvml.h: nvmlClocksEventReason*.
@@ -29,7 +32,7 @@ THROTTLING = frozenset({"sw_power_cap", "hw_slowdown", "sw_thermal_slowdown", "h
 GPU_METRICS = ["util_gpu_pct", "util_mem_pct", "mem_used_gb", "power_w", "temp_c", "sm_clock_mhz",
                "mem_clock_mhz", "pcie_tx_mbps", "pcie_rx_mbps"]
 CPU_METRICS = ["cpu_percent", "system_cpu_percent", "rss_gb"]
-_fallback_said = {"done": False}
+_fallback_said = {"done": False}  # the CPU fallback is announced once per process
 
 
 def decode_throttle_reasons(mask: int | None) -> list[str]:
@@ -112,8 +115,6 @@ class CpuBackend:
     MIN_WINDOW_S = 0.02  # CPU % over a shorter window is mostly rounding noise (it can read 500% on 2 cores)
 
     def __init__(self) -> None:
-        import psutil
-
         self._psutil = psutil
         self.proc = psutil.Process()
         self._last = (time.perf_counter(), self._cpu_s())
@@ -165,6 +166,11 @@ def nvml_indices_of(device: Any) -> list[int] | None:
     return [visible[index]] if index < len(visible) else None
 
 
+def announce_fallback_again() -> None:
+    """Forget that the CPU fallback was announced: the next ``make_backend`` that falls back says so again."""
+    _fallback_said["done"] = False
+
+
 def make_backend(backend: str = "auto", devices: list[int] | None = None, *, pcie_interval_s: float = 1.0,
                  quiet: bool = False) -> NvmlBackend | CpuBackend:
     """``auto``: NVML when it works and sees a GPU, else the CPU backend (announced once per process)."""
@@ -179,7 +185,5 @@ def make_backend(backend: str = "auto", devices: list[int] | None = None, *, pci
             raise RuntimeError(f"NVML telemetry unavailable: {why}")
         if not _fallback_said["done"] and not quiet:
             _fallback_said["done"] = True
-            from smml_lib.common.display import show
-
             show(f"telemetry: {why}; using the CPU backend (process CPU %, memory) instead of GPU metrics.")
     return CpuBackend()

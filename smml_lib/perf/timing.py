@@ -32,6 +32,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterator
 
 import numpy as np
+import pandas as pd
+import torch
 
 from smml_lib.perf.environment import environment
 
@@ -106,8 +108,6 @@ class Timing:
 
 
 def _device_of(args: tuple, device: Any) -> Any:
-    import torch
-
     if device is not None:
         return torch.device(device)
     for a in args:
@@ -118,14 +118,12 @@ def _device_of(args: tuple, device: Any) -> Any:
 
 def l2_flush_bytes(device: Any) -> int:
     """Size of the cache-flush buffer for a CUDA device: at least twice its L2 cache."""
-    import torch
-
     props = torch.cuda.get_device_properties(device)
     l2 = int(getattr(props, "L2_cache_size", 0) or 0)
     return max(2 * l2, MIN_FLUSH_BYTES)
 
 
-def _pick_iters(one_call_s: float, target_s: float, min_iters: int, max_iters: int) -> int:
+def pick_iters(one_call_s: float, target_s: float, min_iters: int, max_iters: int) -> int:
     """Timed calls needed to fill ``target_s`` at ``one_call_s`` per call, clamped to ``min_iters..max_iters``."""
     if one_call_s <= 0:
         return max_iters
@@ -146,15 +144,12 @@ def steady_call_s(warmup_s: list[float]) -> float:
 
 def _flush_buffer(dev: Any) -> Any:
     """An int8 buffer of at least twice the L2 cache of CUDA device ``dev`` (overwritten before each call)."""
-    import torch
-
     return torch.empty(l2_flush_bytes(dev), dtype=torch.int8, device=dev)
 
 
 def _dtype_of(args: tuple, dtype: Any) -> Any:
     if dtype is not None:
         return dtype
-    import torch
 
     for a in args:
         if isinstance(a, torch.Tensor):
@@ -191,8 +186,6 @@ def benchmark(
     On CUDA the events are recorded on the current stream of ``device``; work that ``fn`` puts on other
     streams must be joined to it inside ``fn``.
     """
-    import torch
-
     if iters is not None and iters < 1:
         raise ValueError(f"iters={iters}: need at least one timed call (or None to choose automatically)")
     dev = _device_of(args, device)
@@ -212,7 +205,7 @@ def benchmark(
             if on_cuda:
                 torch.cuda.synchronize(dev)
             warm_s.append(time.perf_counter() - t0)
-        n = iters if iters is not None else _pick_iters(steady_call_s(warm_s), target_s, min_iters, max_iters)
+        n = iters if iters is not None else pick_iters(steady_call_s(warm_s), target_s, min_iters, max_iters)
 
         samples: list[float] = []
         gc_was_enabled = gc.isenabled()
@@ -262,8 +255,6 @@ def stopwatch(device: Any = None) -> Iterator[Stopwatch]:
     Use it for one-off costs that repetition would hide: a model load, the first call of a compiled
     function. Steady-state speed belongs to ``benchmark``.
     """
-    import torch
-
     dev = torch.device(device) if device is not None else None
     sync = dev is not None and dev.type == "cuda"
     sw = Stopwatch()
@@ -280,8 +271,6 @@ def stopwatch(device: Any = None) -> Iterator[Stopwatch]:
 
 def timings_frame(timings: list[Timing], **extra_columns: list[Any]) -> "Any":
     """A DataFrame with one row per ``Timing`` (summary statistics plus environment columns)."""
-    import pandas as pd
-
     df = pd.DataFrame([t.summary() for t in timings])
     for name, values in extra_columns.items():
         df[name] = values

@@ -1,1 +1,13 @@
-"""serving: an OpenAI-compatible inference server with batching, and its load generator."""
+"""serving: an OpenAI-compatible inference server with batching, and the load generator that measures it.
+
+- ``config``: ``ServerConfig`` and ``BatchingConfig``: what a server is told at start, defined once;
+- ``server``: the service (requests -> sequences -> text) and the FastAPI app in front of it;
+- ``api``: the request schema and OpenAI-shaped errors;
+- ``process``: run the server in a subprocess or a thread (``start_server``), and ``smml serve``;
+- ``schedulers``: static and continuous batching, each in the model's own thread;
+- ``kvbatch``: a batch of sequences sharing one padded KV cache: prefill, decode step, merge, retire;
+- ``limits``: what limits a server, predicted (KV memory, the compute-bound batch) and measured;
+- ``loadgen``: concurrent clients against any OpenAI-compatible server, with TTFT and tokens/s.
+
+May import: common, perf, models.
+"""

@@ -55,7 +55,7 @@ class ApiError(Exception):
         self.headers = headers or {}
 
     def response(self) -> Any:
-        from fastapi.responses import JSONResponse
+        from fastapi.responses import JSONResponse  # deferred: optional extra [serve]
 
         body = {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
         return JSONResponse(body, status_code=self.status, headers=self.headers)

@@ -28,6 +28,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
 from smml_lib.models.inference import cache_kwarg, output_cache
 
 _ids = itertools.count()
@@ -61,8 +63,6 @@ class Sequence:
 
     def sample(self, logits: Any) -> int:
         """Draw the next token from one row of logits with this sequence's temperature/top_p/seed."""
-        import torch
-
         if self._generator is None:
             self._generator = torch.Generator(device=logits.device)
             self._generator.manual_seed(self.seed if self.seed is not None else torch.seed())
@@ -87,8 +87,6 @@ def eos_token_ids(model: Any, tokenizer: Any) -> frozenset[int]:
 
 def _left_pad_time(x: Any, n: int) -> Any:
     """Pad a cache tensor (batch, heads, T, head_dim) with ``n`` zero columns on the left of T."""
-    import torch
-
     return x if n == 0 else torch.cat([x.new_zeros(*x.shape[:2], n, x.shape[3]), x], dim=2)
 
 
@@ -109,8 +107,6 @@ class Batch:
     @classmethod
     def prefill(cls, model: Any, seqs: list[Sequence], eos_ids: frozenset[int]) -> tuple["Batch", list]:
         """One forward pass over the prompts (left-padded to the longest); returns the batch and first-token events."""
-        import torch
-
         dev = model.get_input_embeddings().weight.device
         width = max(len(s.prompt_ids) for s in seqs)
         pad = 0  # any id: padded positions are masked out
@@ -124,8 +120,6 @@ class Batch:
 
     def step(self) -> list:
         """One decode step for every sequence: feed each its last token, append the next one. Returns events."""
-        import torch
-
         self.mask = torch.cat([self.mask, self.mask.new_ones(len(self), 1)], dim=1)
         out = self.model(input_ids=self.last, attention_mask=self.mask, position_ids=self.next_pos[:, None],
                          use_cache=True, **{cache_kwarg(self.model): self.cache})
@@ -157,8 +151,6 @@ class Batch:
 
     def merge(self, other: "Batch") -> "Batch":
         """Stack ``other``'s sequences under ours; the shorter cache is padded on the left. Returns self."""
-        import torch
-
         t_self, t_other = self.mask.shape[1], other.mask.shape[1]
         width = max(t_self, t_other)
         for mine, theirs in zip(self.cache.layers, other.cache.layers):
@@ -175,8 +167,6 @@ class Batch:
 
     def without_done(self) -> "Batch | None":
         """Keep only live sequences (None if none is left) and trim padding columns no live row needs."""
-        import torch
-
         keep = [i for i, s in enumerate(self.seqs) if not s.finished]
         if not keep:
             return None

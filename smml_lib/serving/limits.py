@@ -20,34 +20,38 @@ kernel launches, attention inefficiency and scheduling, and the gap is what a la
 
 from __future__ import annotations
 
-import math
+import gc
 from typing import Any, Sequence
+
+import pandas as pd
+import torch
+
+from smml_lib.common import plots
+from smml_lib.models.anatomy import forward_flops_per_token, kv_cache_bytes_per_token, weight_bytes
+from smml_lib.models.inference import model_device, sweep_generation
+from smml_lib.models.loading import load_llama
+from smml_lib.models.workload import decode_critical_batch
+from smml_lib.perf.roofline import ridge_point
 
 USABLE_FRACTION = 0.9  # share of GPU memory a server may use (vLLM's default gpu_memory_utilization)
 
 
 def step_bytes(cfg: Any, dtype: str, batch: int, context_len: int) -> float:
     """Bytes one decode step reads: all weights once, plus every sequence's KV cache."""
-    from smml_lib.models.anatomy import kv_cache_bytes_per_token, weight_bytes
-
     return weight_bytes(cfg, dtype) + batch * context_len * kv_cache_bytes_per_token(cfg, dtype)
 
 
 def compute_bound_batch(cfg: Any, spec: Any, dtype: str = "bf16", context_len: int = 0) -> float:
     """Smallest batch at which a decode step is compute-bound on ``spec`` (``inf`` if it never is).
 
-    The same solve as ``roofline.decode_critical_batch`` (Module 01), with the ridge point of ``spec``.
+    The same solve as ``workload.decode_critical_batch`` (Module 01), with the datasheet ridge point of ``spec``.
     """
-    from smml_lib.perf.roofline import decode_critical_batch
-
-    return decode_critical_batch(cfg, dtype, spec.ridge_point(dtype), context_len)
+    return decode_critical_batch(cfg, dtype, ridge_point(spec.peak_tflops(dtype), spec.bandwidth_gbs), context_len)
 
 
 def kv_limit_sequences(cfg: Any, spec: Any, dtype: str = "bf16", context_len: int = 2048,
                        usable_fraction: float = USABLE_FRACTION) -> int:
     """How many sequences of ``context_len`` tokens fit in one device's memory after the weights."""
-    from smml_lib.models.anatomy import kv_cache_bytes_per_token, weight_bytes
-
     free = usable_fraction * spec.memory_gb * 1e9 - weight_bytes(cfg, dtype)
     return max(0, int(free // (max(context_len, 1) * kv_cache_bytes_per_token(cfg, dtype))))
 
@@ -60,10 +64,6 @@ def decode_roofline(cfg: Any, spec: Any, *, dtype: str = "bf16", context_len: in
     Columns: batch, step_bytes, step_flops, memory_time_s, compute_time_s, step_time_s, max_tokens_per_s,
     bound ("memory" or "compute"), kv_fits (whether that many sequences fit next to the weights).
     """
-    import pandas as pd
-
-    from smml_lib.models.anatomy import forward_flops_per_token
-
     limit = kv_limit_sequences(cfg, spec, dtype, context_len, usable_fraction)
     peak = spec.peak_tflops(dtype) * 1e12
     rows = []
@@ -85,8 +85,6 @@ def plot_decode_roofline(tables: dict[str, Any], *, measured: Any = None, name: 
     ``tables``: label -> ``decode_roofline`` frame. ``measured``: frame with ``batch`` and ``tokens_per_s``.
     Batches whose KV cache does not fit are drawn dotted.
     """
-    from smml_lib.common import plots
-
     fig, ax = plots.figure(title=title or "Decode throughput bound")
     for label, df in tables.items():
         line, = ax.plot(df["batch"], df["max_tokens_per_s"], marker="o", ms=3, label=label)
@@ -110,10 +108,6 @@ def decode_scaling(model: Any, tokenizer: Any, batches: Sequence[int], *, new_to
     The upper bound on what batching can buy a server: ``gain = tokens/s at batch B / tokens/s at batch 1``.
     On the CPU it runs on one torch thread, like the server subprocesses (restored afterwards).
     """
-    import torch
-
-    from smml_lib.models.inference import model_device, sweep_generation
-
     threads = torch.get_num_threads()
     if model_device(model).type == "cpu":
         torch.set_num_threads(1)
@@ -130,12 +124,6 @@ def decode_scaling(model: Any, tokenizer: Any, batches: Sequence[int], *, new_to
 def measure_batching_gain(model_id: str, batches: Sequence[int], *, device: Any = "auto", new_tokens: int = 16,
                           prompt_tokens: int = 16) -> "Any":
     """Load ``model_id``, run ``decode_scaling``, and free the model (and its GPU memory) again."""
-    import gc
-
-    import torch
-
-    from smml_lib.models.loading import load_llama
-
     model, tokenizer = load_llama(model_id, device=device)
     try:
         return decode_scaling(model, tokenizer, batches, new_tokens=new_tokens, prompt_tokens=prompt_tokens)

@@ -16,6 +16,9 @@ server ends a sweep instead of hanging it.
 Pointing it at vLLM on your own GPU: ``--base-url http://<host>:8000/v1 --model <the served model name>``.
 An API key, if the server needs one, is read from the environment variable named by ``--api-key-env``
 (default ``OPENAI_API_KEY``) and sent as a bearer token; it is never printed or stored in results.
+
+Longer than ~300 lines because one request's measurement, a level's closed loop, the sweep, its summary and
+the ``smml loadtest`` command are one tool that also runs on its own against servers that are not ours.
 """
 
 from __future__ import annotations
@@ -29,6 +32,13 @@ import random
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from smml_lib.common import plots
+from smml_lib.common.credentials import redact
+from smml_lib.common.display import show
 
 SENTENCES = [
     "Explain why decoding one token at a time is limited by memory bandwidth",
@@ -97,8 +107,6 @@ def _api_key(api_key_env: str | None) -> str:
 
 def _error_text(body: bytes, secret: str = "") -> str:
     """The server's error message (OpenAI shape, else the raw body), with any secret masked."""
-    from smml_lib.common.credentials import redact
-
     try:
         text = str(json.loads(body)["error"]["message"])
     except (ValueError, KeyError, TypeError):
@@ -109,7 +117,7 @@ def _error_text(body: bytes, secret: str = "") -> str:
 
 async def _send(client: Any, payload: dict[str, Any], secret: str = "") -> tuple[int, float, int, int, str]:
     """POST one completion; returns (status, ttft_s, prompt_tokens, output_tokens, error)."""
-    from httpx_sse import aconnect_sse
+    from httpx_sse import aconnect_sse  # deferred: optional extra [serve]
 
     t0 = time.perf_counter()
     if not payload.get("stream"):
@@ -143,7 +151,7 @@ async def run_level(base_url: str, spec: LoadSpec, *, concurrency: int, num_requ
 
     ``transport`` replaces the network (an ``httpx.MockTransport`` in tests).
     """
-    import httpx
+    import httpx  # deferred: optional extra [serve]
 
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     timeout = httpx.Timeout(request_timeout_s, connect=5.0)
@@ -202,8 +210,6 @@ def sweep(base_url: str, model: str, concurrencies: list[int], *, requests_per_l
     Each level sends ``requests_per_level`` requests (default ``requests_per_user x concurrency``) and starts no
     request after ``time_limit_s``. A few warm-up requests first pay one-off costs and are not recorded.
     """
-    import pandas as pd
-
     spec = LoadSpec(model, prompts or make_prompts(64, seed=seed), max_tokens, temperature, stream, ignore_eos,
                     extra_body, seed)
     kw = {"request_timeout_s": request_timeout_s, "api_key_env": api_key_env}
@@ -224,9 +230,7 @@ def sweep_external(base_url: str, model: str = "", concurrencies: list[int] | No
     Checks ``GET {base_url}/models`` first (5 s timeout) and takes the first model when ``model`` is empty.
     Returns the per-request DataFrame, or None (with a message saying why) when there is nothing to measure.
     """
-    import httpx
-
-    from smml_lib.common.display import show
+    import httpx  # deferred: optional extra [serve]
 
     if not base_url:
         show("No external server configured. To measure vLLM on your GPU: run `vllm serve meta-llama/Llama-3.2-1B "
@@ -252,9 +256,6 @@ def sweep_external(base_url: str, model: str = "", concurrencies: list[int] | No
 
 def summarize(requests: "Any", by: tuple[str, ...] = ("label", "concurrency")) -> "Any":
     """One row per (label, concurrency): counts, throughput and p50/p99 of TTFT, TPOT and end-to-end latency."""
-    import numpy as np
-    import pandas as pd
-
     rows = []
     for key, g in requests.groupby(list(by), sort=False):
         ok = g[g["ok"]]
@@ -274,8 +275,6 @@ def summarize(requests: "Any", by: tuple[str, ...] = ("label", "concurrency")) -
 
 def plot_sweep(summary: "Any", *, hue: str = "label", name: str | None = "loadtest", title: str | None = None) -> Any:
     """Throughput, TTFT (p50 and p99), TPOT and end-to-end p99 against concurrency, one line per ``hue``."""
-    from smml_lib.common import plots
-
     df = summary.copy()
     for col in [c for c in df.columns if c.endswith("_s") and c.split("_")[0] in ("ttft", "tpot", "e2e")]:
         df[col.replace("_s", "_ms")] = 1e3 * df[col]
@@ -304,7 +303,7 @@ def cli(argv: list[str]) -> int:
     args = p.parse_args(argv)
     lo, _, hi = args.max_tokens.partition("-")
     max_tokens: int | tuple[int, int] = (int(lo), int(hi)) if hi else int(lo)
-    import httpx
+    import httpx  # deferred: optional extra [serve]
 
     try:
         df = sweep(args.base_url, args.model, [int(c) for c in args.concurrency.split(",")],

@@ -1,6 +1,6 @@
 """Start and stop the completion server from a notebook or a test, and the ``smml serve`` command.
 
-    from smml_lib.serving.server import start_server
+    from smml_lib.serving.process import start_server
     with start_server("tiny", scheduler="continuous", max_batch=16) as server:   # waits until /health answers
         print(server.url, server.health()["running"])
     # leaving the block stops the server: no process is left behind
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import atexit
-import json
 import os
 import signal
 import socket
@@ -31,6 +30,16 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import psutil
+import torch
+
+from smml_lib.common.credentials import redact
+from smml_lib.common.device import NoGpuError, resolve_device
+from smml_lib.common.paths import output_dir
+from smml_lib.models.loading import ModelLoadError
+from smml_lib.serving.config import ServerConfig
+from smml_lib.serving.server import build_service, create_app
 
 _LIVE: "set[ServerHandle]" = set()
 _BY_CONFIG: "dict[str, ServerHandle]" = {}  # for start_server(..., reuse=True)
@@ -91,19 +100,15 @@ class ServerHandle:
         return self.thread is not None and self.thread.is_alive()
 
     def health(self, timeout_s: float = 5.0) -> dict[str, Any]:
-        import httpx
+        import httpx  # deferred: optional extra [serve]
 
         return httpx.get(self.url + "/health", timeout=timeout_s).json()
 
     def rss_bytes(self) -> int:
         """Resident memory of the server process (this process, when in-process)."""
-        import psutil
-
         return psutil.Process(self.pid).memory_info().rss
 
     def log_tail(self, lines: int = 20) -> str:
-        from smml_lib.common.credentials import redact
-
         if self.log_path is None or not self.log_path.exists():
             return ""
         return redact("\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:]))
@@ -153,7 +158,7 @@ def _bind(host: str, port: int) -> socket.socket:
 
 
 def _uvicorn_server(app: Any, on_started: Any = None) -> Any:
-    import uvicorn
+    import uvicorn  # deferred: optional extra [serve]
 
     class _Server(uvicorn.Server):
         async def startup(self, sockets: Any = None) -> None:
@@ -167,7 +172,7 @@ def _uvicorn_server(app: Any, on_started: Any = None) -> Any:
 
 
 def _wait_healthy(url: str, deadline: float, alive: Any, log: Any) -> None:
-    import httpx
+    import httpx  # deferred: optional extra [serve]
 
     while time.perf_counter() < deadline:
         if not alive():
@@ -181,86 +186,60 @@ def _wait_healthy(url: str, deadline: float, alive: Any, log: Any) -> None:
     raise ServerStartError(f"the server did not answer {url}/health in time.\n{log()}")
 
 
-def start_server(model_id: str = "tiny", *, scheduler: str = "continuous", max_batch: int = 16, max_queue: int = 64,
-                 max_wait_ms: float = 20.0, host: str = "127.0.0.1", port: int = 0, in_process: bool = False,
-                 dtype: str = "auto", device: str = "auto", served_model_name: str | None = None,
-                 max_model_len: int | None = None, threads: int | None = None, ready_timeout_s: float = 180.0,
-                 wait: bool = True, variants: dict[str, dict[str, Any]] | None = None,
-                 reuse: bool = False) -> ServerHandle:
+def start_server(model_id: str = "tiny", *, config: ServerConfig | None = None, in_process: bool = False,
+                 ready_timeout_s: float = 180.0, wait: bool = True, reuse: bool = False,
+                 **settings: Any) -> ServerHandle:
     """Start the completion server and return once it answers ``/health``.
 
     Args:
         model_id: ``"tiny"``, a local checkpoint folder or a hub id (see ``load_llama``).
-        scheduler: ``"static"`` or ``"continuous"``; ``max_batch`` slots, ``max_queue`` waiting sequences.
-        max_wait_ms: static batching only: how long a batch may wait to fill up after its first request.
-        host, port: where to listen (loopback by default; port 0 = any free port).
+        config: the whole ``ServerConfig``; or give its settings (and ``BatchingConfig``'s) as keywords:
+            ``scheduler``, ``max_batch``, ``max_queue``, ``max_wait_ms``, ``variants``, ``host``, ``port``,
+            ``dtype``, ``device``, ``served_model_name``, ``max_model_len``, ``threads``.
         in_process: run in a thread of this process instead of a subprocess.
-        threads: torch CPU threads in the server (default: 1 for a subprocess on the CPU; in-process: unchanged).
         wait: return only once the server answers (default); with False, call ``handle.wait_ready()`` later,
             so several servers can start at the same time.
-        variants: serve the weights under several names with different scheduler settings (one process, one
-            copy of the weights), e.g. ``{"batch-1": {"scheduler": "static", "max_batch": 1}}``; see
-            ``serving.build_service``.
-        reuse: return the running server started earlier with exactly these arguments, if there is one
-            (a notebook cell that is run twice does not start a second server).
+        reuse: return the running server started earlier with the same config, if there is one (a notebook
+            cell that is run twice does not start a second server).
     """
-    config = repr(sorted(locals().items()))
-    if reuse and config in _BY_CONFIG and _BY_CONFIG[config].running:
-        return _BY_CONFIG[config].wait_ready()
-    handle = _start(model_id, scheduler=scheduler, max_batch=max_batch, max_queue=max_queue, max_wait_ms=max_wait_ms,
-                    host=host, port=port, in_process=in_process, dtype=dtype, device=device,
-                    served_model_name=served_model_name, max_model_len=max_model_len, threads=threads,
-                    ready_timeout_s=ready_timeout_s, wait=wait, variants=variants)
-    _BY_CONFIG[config] = handle
+    config = config or ServerConfig.build(model_id, **settings)
+    key = f"{config.key()}|in_process={in_process}"
+    if reuse and key in _BY_CONFIG and _BY_CONFIG[key].running:
+        return _BY_CONFIG[key].wait_ready()
+    handle = _start_in_thread(config, ready_timeout_s) if in_process else _start_process(config, ready_timeout_s)
+    _BY_CONFIG[key] = handle
+    return handle.wait_ready() if wait else handle
+
+
+def _start_in_thread(config: ServerConfig, ready_timeout_s: float) -> ServerHandle:
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    service = build_service(config)
+    sock = _bind(config.host, config.port)
+    url = f"http://{config.host}:{sock.getsockname()[1]}"
+    server = _uvicorn_server(create_app(service))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="smml-server", daemon=True)
+    thread.start()
+    handle = ServerHandle(url, config.first_name, config.batching.scheduler, os.getpid(), None, None, server, thread,
+                          models=list(config.schedulers))
+    _wait_healthy(url, time.perf_counter() + ready_timeout_s, thread.is_alive, lambda: "")
+    _LIVE.add(handle)
     return handle
 
 
-def _start(model_id: str, *, scheduler: str, max_batch: int, max_queue: int, max_wait_ms: float, host: str, port: int,
-           in_process: bool, dtype: str, device: str, served_model_name: str | None, max_model_len: int | None,
-           threads: int | None, ready_timeout_s: float, wait: bool,
-           variants: dict[str, dict[str, Any]] | None) -> ServerHandle:
-    names = list(variants) if variants else [served_model_name or model_id]
-    name = names[0]
-    if in_process:
-        from smml_lib.serving.server import build_service, create_app
-
-        if threads:
-            import torch
-
-            torch.set_num_threads(threads)
-        service = build_service(model_id, scheduler=scheduler, max_batch=max_batch, max_queue=max_queue,
-                                max_wait_ms=max_wait_ms, dtype=dtype, device=device, served_model_name=name,
-                                max_model_len=max_model_len, variants=variants)
-        sock = _bind(host, port)
-        url = f"http://{host}:{sock.getsockname()[1]}"
-        server = _uvicorn_server(create_app(service))
-        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="smml-server", daemon=True)
-        thread.start()
-        handle = ServerHandle(url, name, scheduler, os.getpid(), None, None, server, thread, models=names)
-        _wait_healthy(url, time.perf_counter() + ready_timeout_s, thread.is_alive, lambda: "")
-        _LIVE.add(handle)
-        return handle
-
-    from smml_lib.common.paths import output_dir
-
-    tag = f"{scheduler}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+def _start_process(config: ServerConfig, ready_timeout_s: float) -> ServerHandle:
+    tag = f"{config.batching.scheduler}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     log_path = output_dir("logs") / f"server-{tag}.log"
     ready = output_dir("logs") / f"server-{tag}.ready"
-    cmd = [sys.executable, "-m", "smml_lib.serving.process", "--model", model_id, "--scheduler", scheduler,
-           "--max-batch", str(max_batch), "--max-queue", str(max_queue), "--max-wait-ms", str(max_wait_ms),
-           "--host", host, "--port", str(port), "--dtype", dtype, "--device", device, "--served-model-name", name,
-           "--ready-file", str(ready), "--exit-with-parent", str(os.getpid())]
-    cmd += ["--max-model-len", str(max_model_len)] if max_model_len else []
-    cmd += ["--threads", str(threads)] if threads else []
-    for vname, cfg in (variants or {}).items():
-        cmd += ["--variant", f"{vname}={json.dumps(cfg)}"]
+    cmd = [sys.executable, "-m", "smml_lib.serving.process", *config.argv(), "--ready-file", str(ready),
+           "--exit-with-parent", str(os.getpid())]
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    handle = ServerHandle("", name, scheduler, proc.pid, log_path, proc, ready_file=ready,
-                          deadline=time.perf_counter() + ready_timeout_s, models=names)
+    handle = ServerHandle("", config.first_name, config.batching.scheduler, proc.pid, log_path, proc,
+                          ready_file=ready, deadline=time.perf_counter() + ready_timeout_s, models=list(config.schedulers))
     _LIVE.add(handle)
-    return handle.wait_ready() if wait else handle
+    return handle
 
 
 def _watch_parent(parent_pid: int) -> None:
@@ -279,36 +258,10 @@ def _watch_parent(parent_pid: int) -> None:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="smml serve", description="An OpenAI-compatible /v1/completions server over "
                                 "a Llama, with static or continuous batching.")
-    p.add_argument("--model", default="tiny", help="'tiny', a local checkpoint folder, or a hub id (default: tiny)")
-    p.add_argument("--scheduler", choices=["static", "continuous"], default="continuous")
-    p.add_argument("--max-batch", type=int, default=16, help="sequences decoded together (default: 16)")
-    p.add_argument("--max-queue", type=int, default=64, help="sequences that may wait; beyond: 429 (default: 64)")
-    p.add_argument("--max-wait-ms", type=float, default=20.0, help="static batching: wait to fill a batch (ms)")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
-    p.add_argument("--port", type=int, default=8000, help="port (0 = any free port; default: 8000)")
-    p.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), fp32, bf16, fp16")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda:0 ...")
-    p.add_argument("--served-model-name", default=None, help="the name clients put in 'model' (default: --model)")
-    p.add_argument("--max-model-len", type=int, default=None, help="prompt + max_tokens limit (default: min(model, "
-                   "4096))")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: 1 on CPU)")
-    p.add_argument("--variant", action="append", default=[], metavar="NAME=JSON",
-                   help="serve the weights also as NAME with other scheduler settings, e.g. "
-                   "'batch-1={\"scheduler\": \"static\", \"max_batch\": 1}' (repeatable; replaces the default name)")
+    ServerConfig.add_arguments(p)
     p.add_argument("--ready-file", default=None, help=argparse.SUPPRESS)
     p.add_argument("--exit-with-parent", type=int, default=None, help=argparse.SUPPRESS)
     return p
-
-
-def _variants(specs: list[str]) -> dict[str, dict[str, Any]] | None:
-    out = {}
-    for spec in specs:
-        name, sep, cfg = spec.partition("=")
-        try:
-            out[name] = json.loads(cfg) if sep else {}
-        except json.JSONDecodeError:
-            raise ValueError(f"--variant {spec!r}: expected NAME={{json}}, e.g. batch-1={{\"max_batch\": 1}}") from None
-    return out or None
 
 
 def cli(argv: list[str]) -> int:
@@ -319,20 +272,15 @@ def cli(argv: list[str]) -> int:
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: listening on {args.host}: this server has no authentication; anyone who can reach the "
               "address can use it.", file=sys.stderr)
-    import torch
-
-    from smml_lib.models.loading import ModelLoadError, resolve_device
-    from smml_lib.serving.server import build_service, create_app
 
     # One CPU thread by default: a small model gains nothing from more, and when other processes compete for
     # the cores, multi-threaded small matmuls slow down several-fold (threads wait for each other).
-    torch.set_num_threads(args.threads or (1 if resolve_device(args.device).type == "cpu" else torch.get_num_threads()))
     try:
-        service = build_service(args.model, scheduler=args.scheduler, max_batch=args.max_batch,
-                                max_queue=args.max_queue, max_wait_ms=args.max_wait_ms, dtype=args.dtype,
-                                device=args.device, served_model_name=args.served_model_name,
-                                max_model_len=args.max_model_len, variants=_variants(args.variant))
-    except (ModelLoadError, ValueError) as exc:
+        config = ServerConfig.from_args(args)
+        torch.set_num_threads(config.threads or (1 if resolve_device(config.device).type == "cpu"
+                                                 else torch.get_num_threads()))
+        service = build_service(config)
+    except (ModelLoadError, NoGpuError, ValueError) as exc:
         print(f"smml serve: {exc}", file=sys.stderr)
         return 2
     sock = _bind(args.host, args.port)

@@ -28,30 +28,28 @@ import threading
 import time
 from typing import Any, Callable
 
+import torch
+
+from smml_lib.serving.config import BatchingConfig
 from smml_lib.serving.kvbatch import Batch, Sequence, eos_token_ids
 
 Event = tuple[Sequence, "int | None", "str | None"]  # (sequence, new token id or None, finish reason or None)
-SCHEDULERS = ("static", "continuous")
-
-
 class Scheduler:
     """Owns the model, a bounded waiting queue and the thread that runs batches. Subclasses pick the policy.
 
     Args:
         model, tokenizer: from ``smml_lib.models.loading.load_llama``.
-        max_batch: most sequences decoded together (the number of "slots").
-        max_queue: most sequences waiting for a slot; ``submit`` refuses beyond it.
+        batching: ``max_batch`` sequences decoded together (the "slots"), at most ``max_queue`` waiting for a
+            slot (``submit`` refuses beyond it), and for static batching ``max_wait_ms``.
         on_events: called from the model thread with each step's events (keep it cheap and thread-safe).
     """
 
     name = "base"
 
-    def __init__(self, model: Any, tokenizer: Any, *, max_batch: int = 16, max_queue: int = 64,
+    def __init__(self, model: Any, tokenizer: Any, batching: BatchingConfig,
                  on_events: Callable[[list[Event]], None] | None = None) -> None:
-        if max_batch < 1 or max_queue < 0:
-            raise ValueError(f"max_batch={max_batch} must be >= 1 and max_queue={max_queue} >= 0")
-        self.model, self.tokenizer = model, tokenizer
-        self.max_batch, self.max_queue = max_batch, max_queue
+        self.model, self.tokenizer, self.batching = model, tokenizer, batching
+        self.max_batch, self.max_queue = batching.max_batch, batching.max_queue
         self.on_events = on_events
         self.eos_ids = eos_token_ids(model, tokenizer)
         self.waiting: collections.deque[Sequence] = collections.deque()
@@ -117,8 +115,6 @@ class Scheduler:
 
     # ---- the model thread --------------------------------------------------------------------------
     def _run(self) -> None:
-        import torch
-
         with torch.inference_mode():
             while not self._stop.is_set():
                 try:
@@ -209,9 +205,9 @@ class StaticBatching(Scheduler):
 
     name = "static"
 
-    def __init__(self, model: Any, tokenizer: Any, *, max_wait_ms: float = 20.0, **kwargs: Any) -> None:
-        super().__init__(model, tokenizer, **kwargs)
-        self.max_wait_s = max_wait_ms / 1e3
+    def __init__(self, model: Any, tokenizer: Any, batching: BatchingConfig, **kwargs: Any) -> None:
+        super().__init__(model, tokenizer, batching, **kwargs)
+        self.max_wait_s = batching.max_wait_ms / 1e3
 
     def _iterate(self) -> None:
         with self._cond:
@@ -261,14 +257,10 @@ class ContinuousBatching(Scheduler):
             self._decode()
 
 
-def make_scheduler(kind: str, model: Any, tokenizer: Any, **kwargs: Any) -> Scheduler:
-    """``"static"`` or ``"continuous"``; ``max_wait_ms`` only applies to static batching."""
-    if kind == "static":
-        return StaticBatching(model, tokenizer, **kwargs)
-    if kind == "continuous":
-        kwargs.pop("max_wait_ms", None)
-        return ContinuousBatching(model, tokenizer, **kwargs)
-    raise ValueError(f"scheduler={kind!r}: use one of {', '.join(SCHEDULERS)}")
+def make_scheduler(batching: BatchingConfig, model: Any, tokenizer: Any, **kwargs: Any) -> Scheduler:
+    """The scheduler ``batching.scheduler`` names (``"static"`` or ``"continuous"``), not started yet."""
+    kind = {"static": StaticBatching, "continuous": ContinuousBatching}[batching.scheduler]
+    return kind(model, tokenizer, batching, **kwargs)
 
 
 def generate(scheduler: Scheduler, prompts: list[list[int]], *, max_tokens: int = 16, timeout_s: float = 120.0,

@@ -14,25 +14,27 @@ so the event loop never waits for a forward pass; after every step the thread po
 to the loop, which turns them into text and into stream chunks. A client that disconnects cancels its
 sequences, and their slots are free before the next decode step.
 
-From a notebook, ``start_server(...)`` runs the server in a subprocess (or a thread with
-``in_process=True``), waits until ``/health`` answers, and returns a handle whose ``stop()`` (or ``with``
-block) shuts it down; servers still running when Python exits are stopped, and a server subprocess exits by
-itself if the Python process that started it dies.
+This module is the service and the app; running them (a subprocess or a thread, ``start_server`` for
+notebooks, and the ``smml serve`` command) is ``smml_lib.serving.process``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import uuid
-from typing import Any, Literal
+from typing import Any
 
+import psutil
 from fastapi import Request
 
-from smml_lib.serving.kvbatch import Sequence
-from smml_lib.serving.schedulers import SCHEDULERS, Scheduler, make_scheduler
+from smml_lib.models.loading import load_llama
 from smml_lib.serving.api import UNSUPPORTED, ApiError, CompletionRequest, validation_message
+from smml_lib.serving.config import ServerConfig
+from smml_lib.serving.kvbatch import Sequence
+from smml_lib.serving.schedulers import Scheduler, make_scheduler
 
 DISCONNECTED = object()  # put on a request's queue when its client hangs up
 
@@ -212,7 +214,7 @@ class CompletionService:
 
     async def stream(self, request: _Request) -> Any:
         """Server-sent events: one chunk per generated token, a final chunk per choice, then ``[DONE]``."""
-        from fastapi.sse import format_sse_event
+        from fastapi.sse import format_sse_event  # deferred: optional extra [serve]
 
         def sse(data: Any) -> bytes:
             return format_sse_event(data_str=data if isinstance(data, str) else json.dumps(data))
@@ -247,12 +249,9 @@ async def _watch_disconnect(http_request: Any, queue: asyncio.Queue) -> None:
 
 def create_app(service: CompletionService) -> Any:
     """The FastAPI application around a ``CompletionService`` (the model thread starts with the app)."""
-    import contextlib
-
-    import psutil
-    from fastapi import FastAPI
-    from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse, StreamingResponse
+    from fastapi import FastAPI  # deferred: optional extra [serve]
+    from fastapi.exceptions import RequestValidationError  # deferred: optional extra [serve]
+    from fastapi.responses import JSONResponse, StreamingResponse  # deferred: optional extra [serve]
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> Any:
@@ -298,40 +297,13 @@ def create_app(service: CompletionService) -> Any:
     return app
 
 
-def build_service(model_id: str = "tiny", *, scheduler: Literal["static", "continuous"] = "continuous",
-                  max_batch: int = 16, max_queue: int = 64, max_wait_ms: float = 20.0, dtype: Any = "auto",
-                  device: Any = "auto", served_model_name: str | None = None, max_model_len: int | None = None,
-                  variants: dict[str, dict[str, Any]] | None = None) -> CompletionService:
-    """Load the model and wrap it in scheduler(s) and a ``CompletionService`` (not started yet).
+def build_service(config: ServerConfig) -> CompletionService:
+    """Load the model once and wrap it in one scheduler per served name and a ``CompletionService`` (not started).
 
-    ``variants`` serves the same weights under several names, each with its own scheduler settings, e.g.
-    ``{"batch-1": {"scheduler": "static", "max_batch": 1}, "continuous": {"max_batch": 16}}`` (missing keys
-    take the values of the other arguments). Only one copy of the weights is loaded.
+    ``config.variants`` serves the same weights under several names, each with its own batching (one copy of
+    the weights in memory): how Lab 03-4 compares batch-1, static and continuous batching on one server.
     """
-    from smml_lib.models.loading import load_llama
-
-    defaults = {"scheduler": scheduler, "max_batch": max_batch, "max_queue": max_queue, "max_wait_ms": max_wait_ms}
-    configs = {name: {**defaults, **cfg} for name, cfg in variants.items()} if variants \
-        else {served_model_name or model_id: defaults}
-    for name, cfg in configs.items():
-        if cfg["scheduler"] not in SCHEDULERS or set(cfg) - set(defaults):
-            raise ValueError(f"variant {name!r}: scheduler must be one of {', '.join(SCHEDULERS)} and the only keys "
-                             f"{', '.join(defaults)} (got {cfg})")
-    model, tokenizer = load_llama(model_id, dtype=dtype, device=device)
+    model, tokenizer = load_llama(config.model_id, dtype=config.dtype, device=config.device)
     limit = int(getattr(model.config, "max_position_embeddings", 4096))
-    schedulers = {name: make_scheduler(cfg.pop("scheduler"), model, tokenizer, **cfg) for name, cfg in configs.items()}
-    return CompletionService(schedulers, min(limit, max_model_len or 4096))
-
-
-def start_server(model_id: str = "tiny", **kwargs: Any) -> Any:
-    """Start a server and wait until it answers; see ``smml_lib.serving.process.start_server``."""
-    from smml_lib.serving.process import start_server as _start
-
-    return _start(model_id, **kwargs)
-
-
-def cli(argv: list[str]) -> int:
-    """``smml serve``: see ``smml serve --help``."""
-    from smml_lib.serving.process import cli as _cli
-
-    return _cli(argv)
+    schedulers = {name: make_scheduler(batching, model, tokenizer) for name, batching in config.schedulers.items()}
+    return CompletionService(schedulers, min(limit, config.max_model_len or 4096))

@@ -10,11 +10,8 @@ median; the slowest rank is the collective's time. Sizes follow nccl-tests: all-
 buffer, all-gather the gathered output (``n`` x the per-rank input), reduce-scatter the input
 (``n`` x the per-rank output).
 
-- **algorithm bandwidth** ``algbw = size / time``: what the caller sees.
-- **bus bandwidth** ``busbw = algbw x factor``: the rate each link actually carried. A ring all-reduce
-  sends and receives ``2 (n-1)/n`` of the buffer per rank; all-gather and reduce-scatter ``(n-1)/n``.
-  busbw is comparable across GPU counts and with the hardware's link speed (PCIe Gen4 x16: about
-  25 GB/s achievable of 31.5 per direction; NVLink4: hundreds).
+What the times mean (algorithm and bus bandwidth) is ``smml_lib.distributed.collectives``, which also
+turns all ranks' rows into one table (``summarize``).
 
 Rank 0 also reports the GPU peer-to-peer access matrix (``smml_lib.perf.hardware.peer_access_matrix``).
 """
@@ -25,71 +22,25 @@ import argparse
 import time
 from typing import Any
 
-from smml_lib.distributed.runtime import DistEnv, add_common_args, barrier, init_distributed, maybe_inject_fault, print0, \
-    run_worker, write_result
+import numpy as np
+import torch
+import torch.distributed as dist
 
-OPS = ("all_reduce", "all_gather", "reduce_scatter")
-_UNITS = {"K": 2**10, "M": 2**20, "G": 2**30}
-
-
-def bus_factor(op: str, world_size: int) -> float:
-    """nccl-tests' busbw / algbw: 2(n-1)/n for all-reduce, (n-1)/n for all-gather and reduce-scatter."""
-    n = world_size
-    if op == "all_reduce":
-        return 2 * (n - 1) / n
-    if op in ("all_gather", "reduce_scatter"):
-        return (n - 1) / n
-    raise ValueError(f"unknown collective {op!r}; known: {', '.join(OPS)}")
-
-
-def collective_time_s(op: str, size_bytes: float, world_size: int, busbw_gbps: float) -> float:
-    """Predicted time of one collective of ``size_bytes`` (nccl-tests size) at bus bandwidth ``busbw_gbps``."""
-    if world_size < 2:
-        return 0.0
-    return size_bytes * bus_factor(op, world_size) / (busbw_gbps * 1e9)
-
-
-def parse_size(text: str) -> int:
-    """``"32K"`` -> 32768, ``"1G"`` -> 2**30, ``"1000"`` -> 1000 (binary units, as nccl-tests)."""
-    text = text.strip().upper().rstrip("B")
-    if text and text[-1] in _UNITS:
-        return int(float(text[:-1]) * _UNITS[text[-1]])
-    return int(text)
-
-
-def message_sizes(min_bytes: int, max_bytes: int, factor: int = 4) -> list[int]:
-    """Geometric sizes from ``min_bytes`` to ``max_bytes`` (both included)."""
-    sizes, s = [], min_bytes
-    while s < max_bytes:
-        sizes.append(s)
-        s *= factor
-    return sizes + [max_bytes]
-
-
-def summarize(df: Any) -> Any:
-    """Per (op, size): the slowest rank's median time, then algbw and busbw in GB/s (1e9 bytes/s)."""
-    keys = ["op", "size_bytes", "world_size", "num_nodes", "backend", "dtype", "device_name"]
-    keys = [k for k in keys if k in df.columns]
-    out = df.groupby(keys, as_index=False).agg(time_s=("time_s", "max"), spread=("spread", "max"))
-    out["algbw_gbps"] = out["size_bytes"] / out["time_s"] / 1e9
-    out["busbw_gbps"] = out["algbw_gbps"] * [bus_factor(o, n) for o, n in zip(out["op"], out["world_size"])]
-    return out.sort_values(["op", "size_bytes"]).reset_index(drop=True)
-
-
-def busbw_at(summary: Any, op: str, size_bytes: float) -> float:
-    """Bus bandwidth of ``op`` at ``size_bytes``, interpolated (log-size) between measured sizes."""
-    import numpy as np
-
-    part = summary[summary["op"] == op].sort_values("size_bytes")
-    if part.empty:
-        raise ValueError(f"no measurements of {op!r}")
-    return float(np.interp(np.log(size_bytes), np.log(part["size_bytes"]), part["busbw_gbps"]))
+from smml_lib.common.device import device_name
+from smml_lib.distributed.collectives import OPS, bus_factor, message_sizes, parse_size
+from smml_lib.distributed.runtime import (
+    DistEnv,
+    add_common_args,
+    barrier,
+    init_distributed,
+    maybe_inject_fault,
+    print0,
+    run_worker,
+    write_result,
+)
 
 
 def _time_op(op: str, size_bytes: int, env: DistEnv, dtype: Any, iters: int, warmup: int) -> list[float]:
-    import torch
-    import torch.distributed as dist
-
     elem = torch.tensor([], dtype=dtype).element_size()
     n = env.world_size
     count = max(n, size_bytes // elem // n * n)  # divisible by n for the gather/scatter shapes
@@ -128,9 +79,6 @@ def _time_op(op: str, size_bytes: int, env: DistEnv, dtype: Any, iters: int, war
 
 
 def main(argv: list[str]) -> int:
-    import numpy as np
-    import torch
-
     p = argparse.ArgumentParser(prog="smml_lib.distributed.workers.collectives", description=__doc__.splitlines()[0])
     p.add_argument("--ops", default=",".join(OPS))
     p.add_argument("--min-bytes", default="32K")
@@ -143,8 +91,7 @@ def main(argv: list[str]) -> int:
     args = p.parse_args(argv)
     env = init_distributed(args.backend, args.pg_timeout_s)
     if not env.distributed:
-        raise SystemExit("worker_collectives needs at least 2 processes: run it with torchrun or the launcher")
-    from smml_lib.perf.environment import device_name
+        raise SystemExit("the collectives worker needs at least 2 processes: run it with torchrun or the launcher")
 
     dtype = torch.float32 if args.dtype == "fp32" else torch.bfloat16
     sizes = message_sizes(parse_size(args.min_bytes), parse_size(args.max_bytes), args.factor)

@@ -1,7 +1,7 @@
 """Hello from every rank of a (multi-node) torchrun job: where it runs, and an all-reduce proving the group works.
 
     torchrun --standalone --nproc-per-node 2 -m smml_lib.distributed.workers.hello
-    sbatch job.sbatch     # from smml_lib.cluster.jobs.render_sbatch(TorchrunJob("hello", nodes=2))
+    sbatch job.sbatch     # from smml_lib.cluster.sbatch.render_sbatch(TorchrunJob("hello", nodes=2))
 
 Each rank reports who it is (rank, local rank, node rank), where it runs (Slurm node name, the address and
 interface the job script chose) and the sum of an all-reduce of the ranks (must be 0+1+...+(n-1)). It is
@@ -22,15 +22,22 @@ import socket
 import time
 from pathlib import Path
 
+import torch
+import torch.distributed as dist
+
 from smml_lib.checkpoint.sharded import EXIT_STOPPED, StopRequest
-from smml_lib.distributed.runtime import add_common_args, barrier, init_distributed, maybe_inject_fault, print0, run_worker, \
-    write_result
+from smml_lib.distributed.runtime import (
+    add_common_args,
+    barrier,
+    init_distributed,
+    maybe_inject_fault,
+    print0,
+    run_worker,
+    write_result,
+)
 
 
 def main(argv: list[str]) -> int:
-    import torch
-    import torch.distributed as dist
-
     p = argparse.ArgumentParser(prog="smml_lib.distributed.workers.hello", description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=0, help="all-reduce steps after the hello (0: just the hello)")
     p.add_argument("--step-s", type=float, default=0.2, help="seconds each step takes (a sleep)")

@@ -28,7 +28,21 @@ import copy
 import time
 from typing import Any
 
-from smml_lib.distributed.runtime import add_common_args, init_distributed, maybe_inject_fault, print0, run_worker, write_result
+import numpy as np
+import torch
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+
+from smml_lib.common.device import device_name
+from smml_lib.distributed.runtime import (
+    add_common_args,
+    init_distributed,
+    maybe_inject_fault,
+    print0,
+    run_worker,
+    write_result,
+)
+from smml_lib.distributed.strategies import build_model
 
 LAYER_PLAN = {"self_attn.q_proj": "col", "self_attn.k_proj": "col", "self_attn.v_proj": "col",
               "self_attn.o_proj": "row", "mlp.gate_proj": "col", "mlp.up_proj": "col", "mlp.down_proj": "row"}
@@ -36,8 +50,6 @@ LAYER_PLAN = {"self_attn.q_proj": "col", "self_attn.k_proj": "col", "self_attn.v
 
 def tensor_parallelize(model: Any, mesh: Any) -> Any:
     """Shard a HF Llama's attention and MLP projections over ``mesh`` (1-D) in place; returns the model."""
-    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
-
     tp = mesh.size()
     cfg = model.config
     if cfg.num_attention_heads % tp or cfg.num_key_value_heads % tp or cfg.intermediate_size % tp:
@@ -55,12 +67,6 @@ def allreduce_bytes_per_forward(cfg: Any, batch: int, seq_len: int, bytes_per_el
 
 
 def main(argv: list[str]) -> int:
-    import numpy as np
-    import torch
-    from torch.distributed.device_mesh import init_device_mesh
-
-    from smml_lib.distributed.workers.train import build_model
-
     p = argparse.ArgumentParser(prog="smml_lib.distributed.workers.tp", description=__doc__.splitlines()[0])
     p.add_argument("--model", default="tiny")
     p.add_argument("--layers", type=int, default=None)
@@ -72,7 +78,7 @@ def main(argv: list[str]) -> int:
     add_common_args(p)
     args = p.parse_args(argv)
     env = init_distributed(args.backend, args.pg_timeout_s)
-    model, _ = build_model(args, env)
+    model, _ = build_model(args.model, env.device, layers=args.layers, seed=args.seed)
     model.eval()
     dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
     model.to(dtype)
@@ -101,7 +107,6 @@ def main(argv: list[str]) -> int:
     out, t_tp = timed(model)
     diff = (out.float() - ref.float()).abs().max().item()
     local = sum(p.to_local().numel() if hasattr(p, "to_local") else p.numel() for p in model.parameters())
-    from smml_lib.perf.environment import device_name
 
     row = {"world_size": env.world_size, "model": args.model, "precision": args.precision, "batch": args.batch,
            "seq_len": args.seq_len, "max_abs_diff": diff, "ref_max_abs": ref.float().abs().max().item(),

@@ -1,6 +1,7 @@
 """Train a Llama with one process, DDP or FSDP2, and report throughput, memory, MFU and the loss curve.
 
-Run it under torchrun (the launcher does this for you)::
+Run it under torchrun (the launcher does this for you; ``TrainConfig`` in ``smml_lib.distributed.train_config``
+defines every flag once)::
 
     torchrun --standalone --nproc-per-node 4 -m smml_lib.distributed.workers.train --model preset:Llama-3.2-1B \\
         --strategy fsdp --precision bf16 --seq-len 1024 --global-batch 16 --max-steps 20
@@ -45,298 +46,264 @@ import gc
 import os
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
 from smml_lib.checkpoint import sharded as ckpt
+from smml_lib.common.device import device_name, synchronize
 from smml_lib.distributed.batches import StepData, token_stream
-from smml_lib.distributed.runtime import DistEnv, add_common_args, barrier, init_distributed, maybe_inject_fault, print0, \
-    run_dir, run_worker, write_result
+from smml_lib.distributed.runtime import (
+    DistEnv,
+    add_common_args,
+    barrier,
+    init_distributed,
+    maybe_inject_fault,
+    print0,
+    run_dir,
+    run_worker,
+    write_result,
+)
+from smml_lib.distributed.strategies import build_model, wrap
+from smml_lib.distributed.train_config import TrainConfig
+from smml_lib.models.scaling import train_flops_per_token
+from smml_lib.perf import memtrack
+from smml_lib.perf.hardware import lookup_spec
 
-STRATEGIES = ("single", "ddp", "fsdp", "ddp_nosync")
 
-
-def parse_args(argv: list[str]) -> argparse.Namespace:
+def parse_args(argv: list[str]) -> tuple[TrainConfig, argparse.Namespace]:
+    """The run's ``TrainConfig`` and the flags every worker takes (run folder, backend, fault injection)."""
     p = argparse.ArgumentParser(prog="smml_lib.distributed.workers.train", description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="tiny", help="'tiny', a checkpoint folder or hub id, or preset:<name> "
-                                                   "(random weights from a published config, no download)")
-    p.add_argument("--layers", type=int, default=None, help="override the number of decoder layers (presets)")
-    p.add_argument("--strategy", default="ddp", help="single | ddp | fsdp | ddp_nosync, or a comma-separated list")
-    p.add_argument("--reshard-after-forward", action=argparse.BooleanOptionalAction, default=True,
-                   help="FSDP: free gathered parameters after forward (ZeRO-3) or keep them (ZeRO-2-like)")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="bf16 = mixed precision")
-    p.add_argument("--activation-checkpointing", action="store_true")
-    p.add_argument("--seq-len", type=int, default=128)
-    p.add_argument("--global-batch", type=int, default=8, help="sequences per optimizer step, all ranks together")
-    p.add_argument("--micro-batch", type=int, default=None, help="sequences per forward on one rank "
-                                                                 "(default: all of this rank's share, no accumulation)")
-    p.add_argument("--max-steps", type=int, default=5, help="train until this global step")
-    p.add_argument("--warmup-steps", type=int, default=1, help="first steps of this process left out of the timing")
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--data", default="corpus", help="corpus | random | path to a text file")
-    p.add_argument("--bucket-mb", type=float, default=25.0, help="DDP gradient bucket size")
-    p.add_argument("--checkpoint-dir", default=None)
-    p.add_argument("--checkpoint-every", type=int, default=0, help="save every N steps (0: only at stop/end)")
-    p.add_argument("--keep-last", type=int, default=2)
-    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --checkpoint-dir")
-    p.add_argument("--notice-url", default=None, help="poll this URL; HTTP 200 = interruption notice")
-    p.add_argument("--notice-poll-s", type=float, default=5.0)
-    p.add_argument("--notice-imdsv2", action="store_true", help="fetch an IMDSv2 token before polling")
-    p.add_argument("--measure-memory", action=argparse.BooleanOptionalAction, default=True,
-                   help="count saved activations on the first step (CPU memory measurement)")
-    p.add_argument("--dump-params", action="store_true", help="rank 0 writes the final full parameters (tests)")
+    TrainConfig.add_arguments(p)
     add_common_args(p)
     args = p.parse_args(argv)
-    args.strategies = [s.strip() for s in args.strategy.split(",") if s.strip()]
-    bad = [s for s in args.strategies if s not in STRATEGIES]
-    if bad:
-        p.error(f"unknown strategy {bad}; use {', '.join(STRATEGIES)}")
-    return args
+    try:
+        return TrainConfig.from_args(args), args
+    except ValueError as exc:
+        p.error(str(exc))
 
 
-def build_model(args: argparse.Namespace, env: DistEnv) -> tuple[Any, Any]:
-    """The model in fp32 on this rank's device, identical on every rank, plus a tokenizer for the data."""
-    import torch
-
-    from smml_lib.models.loading import load_llama
-
-    if args.model.startswith("preset:"):
-        from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-        from smml_lib.models.anatomy import preset_config
-        from smml_lib.models.tiny import tiny_llama_path
-
-        cfg = {k: v for k, v in preset_config(args.model.split(":", 1)[1]).items() if not k.startswith("_")}
-        if args.layers:
-            cfg["num_hidden_layers"] = args.layers
-        torch.manual_seed(args.seed)  # same seed on every rank -> identical random weights
-        with torch.device(env.device):
-            model = LlamaForCausalLM(LlamaConfig(**cfg, attn_implementation="sdpa"))
-        tokenizer = AutoTokenizer.from_pretrained(tiny_llama_path())  # corpus ids < 1024 are valid in any vocab
-    else:
-        model, tokenizer = load_llama(args.model, dtype="fp32", device=env.device, attn_implementation="sdpa")
-    model.config.use_cache = False
-    model.train()
-    return model, tokenizer
-
-
-def wrap(model: Any, strategy: str, args: argparse.Namespace, env: DistEnv) -> Any:
-    """Apply the parallel strategy (and activation checkpointing) to a freshly built model."""
-    import torch
-
-    if args.activation_checkpointing:
-        kwargs = {"use_reentrant": False}  # non-reentrant checkpointing works with DDP and FSDP2
-        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x name
-            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
-        else:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-    if strategy == "single":
-        if env.world_size > 1:
-            raise ValueError("strategy 'single' runs in one process: launch it with nproc=1")
-        return model
-    if not env.distributed:
-        raise ValueError(f"strategy {strategy!r} needs torchrun (the launcher) to start the processes")
-    if strategy in ("ddp", "ddp_nosync"):
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        ids = [env.local_rank] if env.device.type == "cuda" else None
-        return DDP(model, device_ids=ids, gradient_as_bucket_view=True, bucket_cap_mb=args.bucket_mb)
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-
-    mesh = init_device_mesh(env.device.type, (env.world_size,))
-    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
-        if args.precision == "bf16" else MixedPrecisionPolicy()
-    for layer in model.model.layers:
-        fully_shard(layer, mesh=mesh, reshard_after_forward=args.reshard_after_forward, mp_policy=mp)
-    # the root group (embeddings, final norm, head) is needed again right at the start of backward: with the
-    # default (None) FSDP keeps it gathered after forward instead of freeing and re-gathering it at once
-    fully_shard(model, mesh=mesh, reshard_after_forward=None if args.reshard_after_forward else False, mp_policy=mp)
-    return model
-
-
-def lr_at(step: int, args: argparse.Namespace) -> float:
+def lr_at(step: int, run: TrainConfig) -> float:
     """Learning rate as a pure function of the step (linear warm-up over 10 steps): nothing to checkpoint."""
-    return args.lr * min(1.0, step / 10)
+    return run.lr * min(1.0, step / 10)
 
 
 def peak_tflops(env: DistEnv, precision: str) -> float | None:
     """Dense datasheet peak of this rank's GPU for the compute dtype, ``None`` on a CPU / unlisted GPU."""
     if env.device.type != "cuda":
         return None
-    from smml_lib.perf.environment import device_name
-    from smml_lib.perf.hardware import lookup_spec
-
     spec = lookup_spec(device_name(env.device)).spec
     return spec.peak_tflops("bf16" if precision == "bf16" else "fp32") if spec else None
 
 
-def run_strategy(args: argparse.Namespace, env: DistEnv, strategy: str, stop: ckpt.StopRequest) -> dict[str, Any]:
-    import numpy as np
-    import torch
-    import torch.distributed as dist
-    import torch.nn.functional as F
+@dataclass
+class Loop:
+    """One strategy's training run: what it trains, where it checkpoints, and what it has measured so far."""
 
-    from smml_lib.perf import memtrack
+    strategy: str
+    model: Any  # wrapped by the strategy (DDP or FSDP)
+    config: Any  # the model's config (a DDP wrapper hides the model's attributes)
+    opt: Any
+    data: StepData
+    root: Path | None  # checkpoint folder of this strategy (None: no checkpoints)
+    micro: int  # sequences per forward
+    accum: int  # forwards per optimizer step
+    start: int = 0  # the step it resumed after (0: from scratch)
+    resumed: dict[str, Any] = field(default_factory=lambda: {"resumed_from_step": None, "load_s": None})
+    losses: list[float] = field(default_factory=list)
+    times: list[float] = field(default_factory=list)
+    mem: dict[str, Any] = field(default_factory=dict)
+    saves: list[Any] = field(default_factory=list)
+    last_saved: int = 0
+    step: int = 0
+    stopped: bool = False
 
+
+def setup(run: TrainConfig, env: DistEnv, strategy: str) -> Loop:
+    """Build and wrap the model, its optimizer and data; resume from the latest checkpoint when asked."""
     gc.collect()  # the previous strategy's model and optimizer (DDP holds reference cycles) go before this one's
-    if env.device.type == "cuda":  # peak is measured: nothing of theirs may still be allocated
+    if env.device.type == "cuda":  # peak memory is measured: nothing of theirs may still be allocated
         torch.cuda.empty_cache()
-    model, tokenizer = build_model(args, env)
-    cfg = model.config
-    data = StepData(token_stream(args.data, tokenizer, cfg.vocab_size, seed=args.seed), args.seq_len,
-                    args.global_batch, args.seed)
-    model = wrap(model, strategy, args, env)
-    fused = env.device.type == "cuda"
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.1, fused=fused)
-    root = None
-    if args.checkpoint_dir:
-        root = Path(args.checkpoint_dir) / (strategy if len(args.strategies) > 1 else "")
-    row: dict[str, Any] = {"strategy": strategy, "resumed_from_step": None, "load_s": None}
-    start = 0
-    if args.resume:
+    model, tokenizer = build_model(run.model, env.device, layers=run.layers, seed=run.seed)
+    data = StepData(token_stream(run.data, tokenizer, model.config.vocab_size, seed=run.seed), run.seq_len,
+                    run.global_batch, run.seed)
+    config = model.config
+    model = wrap(model, strategy, run, env)
+    opt = torch.optim.AdamW(model.parameters(), lr=run.lr, betas=(0.9, 0.95), weight_decay=0.1,
+                            fused=env.device.type == "cuda")
+    root = Path(run.checkpoint_dir) / (strategy if len(run.strategies) > 1 else "") if run.checkpoint_dir else None
+    per_rank = run.global_batch // env.world_size
+    micro = run.micro_batch or per_rank
+    if per_rank % micro:
+        raise ValueError(f"micro batch {micro} does not divide this rank's {per_rank} sequences")
+    loop = Loop(strategy, model, config, opt, data, root, micro, per_rank // micro)
+    if run.resume:
         latest = ckpt.latest_checkpoint(root) if root else None
         if latest is None:
             print0(f"--resume: no checkpoint under {root}; starting from step 0", env=env)
         else:
             t0 = time.perf_counter()
             meta = ckpt.load_checkpoint(latest, model, opt, env)
-            start, row["resumed_from_step"], row["load_s"] = meta["step"], meta["step"], time.perf_counter() - t0
-            print0(f"resumed {strategy} from {latest} (step {start}) in {row['load_s']:.2f} s", env=env)
-    per_rank = args.global_batch // env.world_size
-    micro = args.micro_batch or per_rank
-    if per_rank % micro:
-        raise ValueError(f"micro batch {micro} does not divide this rank's {per_rank} sequences")
-    accum = per_rank // micro
-    amp = torch.autocast(env.device.type, dtype=torch.bfloat16) \
-        if args.precision == "bf16" and strategy != "fsdp" else nullcontext()
-    cuda = env.device.type == "cuda"
-    losses, times, mem, saves = [], [], {}, []
-    last_saved, stopped, step = start, False, start
-    memtrack.reset_peak(env.device)
-    for step in range(start + 1, args.max_steps + 1):
-        maybe_inject_fault(args, env, step)
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, args)
-        if cuda:
-            torch.cuda.synchronize(env.device)
-        t0 = time.perf_counter()
-        x_all, y_all = data.local_batch(step, env.rank, env.world_size)
-        total = torch.zeros((), device=env.device)
-        for m in range(accum):
-            x = x_all[m * micro:(m + 1) * micro].to(env.device)
-            y = y_all[m * micro:(m + 1) * micro].to(env.device)
-            last = m == accum - 1
-            sync = nullcontext()
-            if strategy == "ddp_nosync" or (strategy == "ddp" and not last):
-                sync = model.no_sync()  # accumulate locally; all-reduce only with the last micro-batch
-            # FSDP reduce-scatters after every micro-batch: skipping it would keep unsharded gradients
-            # (a full model's worth) until the last one, undoing the memory FSDP is for
-            measure = args.measure_memory and not cuda and step == start + 1 and m == 0
-            held: list = []
-            with sync:
-                with memtrack.saved_activations(model, held) if measure else nullcontext() as acts:
-                    with amp:
-                        logits = model(input_ids=x).logits
-                    loss = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), y.view(-1)) / accum
-                    held.append(logits)
-                loss.backward()
-            if measure:
-                mem["activation_bytes"] = acts.bytes
-            total += loss.detach()
-            del logits, loss, held
-        opt.step()
-        if step == start + 1 and not cuda:
-            sb = memtrack.state_bytes(model, opt)
-            mem.update(param_bytes=sb.params, grad_bytes=sb.grads, optimizer_bytes=sb.optimizer)
-        opt.zero_grad(set_to_none=True)
-        if env.distributed:
-            dist.all_reduce(total, op=dist.ReduceOp.AVG if env.backend == "nccl" else dist.ReduceOp.SUM)
-            if env.backend != "nccl":
-                total /= env.world_size  # gloo has no AVG
-        loss_value = float(total.item())  # .item() waits for the GPU: the step is really done
-        times.append(time.perf_counter() - t0)
-        losses.append(loss_value)
-        print0(f"[{strategy}] step {step:>4}/{args.max_steps}  loss {loss_value:.4f}  {times[-1] * 1e3:8.1f} ms",
-               env=env)
-        stopped = stop.check(env)
-        due = root is not None and (stopped or step == args.max_steps or
-                                    (args.checkpoint_every and step % args.checkpoint_every == 0))
-        if due:
-            info = ckpt.save_checkpoint(root, step, model, opt, env, keep_last=args.keep_last, meta={
-                "strategy": strategy, "next_step": step + 1, "data": args.data, "seed": args.seed,
-                "seq_len": args.seq_len, "global_batch": args.global_batch, "model": args.model})
-            saves.append(info)
-            last_saved = step
-            print0(f"[{strategy}] checkpoint {info.path.name}: {info.size_bytes / 1e6:.1f} MB in {info.seconds:.2f} s",
-                   env=env)
-        if stopped:
-            break
-    timed = times[args.warmup_steps:] or times
-    step_s = float(np.median(timed)) if timed else float("nan")
-    tokens_per_s = data.tokens_per_step() / step_s if timed else float("nan")
-    from smml_lib.models.scaling import train_flops_per_token
+            loop.start = meta["step"]
+            loop.resumed = {"resumed_from_step": meta["step"], "load_s": time.perf_counter() - t0}
+            print0(f"resumed {strategy} from {latest} (step {loop.start}) in {loop.resumed['load_s']:.2f} s", env=env)
+    loop.last_saved = loop.step = loop.start
+    return loop
 
-    fpt = train_flops_per_token(cfg, args.seq_len)
-    peak = peak_tflops(env, args.precision)
-    if cuda:
+
+def train_step(loop: Loop, run: TrainConfig, env: DistEnv, step: int) -> float:
+    """One optimizer step over this rank's share of the global batch; returns the loss averaged over ranks.
+
+    DDP all-reduces only with the last micro-batch (``no_sync`` before it). FSDP reduce-scatters after every
+    micro-batch: skipping it would keep unsharded gradients (a full model's worth) until the last one. On a
+    CPU the first step also counts the bytes held (``memtrack``): GPUs report their peak instead.
+    """
+    model, cuda = loop.model, env.device.type == "cuda"
+    first = step == loop.start + 1
+    amp = torch.autocast(env.device.type, dtype=torch.bfloat16) \
+        if run.precision == "bf16" and loop.strategy != "fsdp" else nullcontext()
+    for group in loop.opt.param_groups:
+        group["lr"] = lr_at(step, run)
+    x_all, y_all = loop.data.local_batch(step, env.rank, env.world_size)
+    total = torch.zeros((), device=env.device)
+    for m in range(loop.accum):
+        x = x_all[m * loop.micro:(m + 1) * loop.micro].to(env.device)
+        y = y_all[m * loop.micro:(m + 1) * loop.micro].to(env.device)
+        no_sync = loop.strategy == "ddp_nosync" or (loop.strategy == "ddp" and m < loop.accum - 1)
+        measure = run.measure_memory and not cuda and first and m == 0
+        held: list = []
+        with model.no_sync() if no_sync else nullcontext():
+            with memtrack.saved_activations(model, held) if measure else nullcontext() as acts:
+                with amp:
+                    logits = model(input_ids=x).logits
+                loss = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), y.view(-1)) / loop.accum
+                held.append(logits)
+            loss.backward()
+        if measure:
+            loop.mem["activation_bytes"] = acts.bytes
+        total += loss.detach()
+        del logits, loss, held
+    loop.opt.step()
+    if first and not cuda:
+        sb = memtrack.state_bytes(model, loop.opt)
+        loop.mem.update(param_bytes=sb.params, grad_bytes=sb.grads, optimizer_bytes=sb.optimizer)
+    loop.opt.zero_grad(set_to_none=True)
+    if env.distributed:
+        dist.all_reduce(total, op=dist.ReduceOp.AVG if env.backend == "nccl" else dist.ReduceOp.SUM)
+        if env.backend != "nccl":
+            total /= env.world_size  # gloo has no AVG
+    return float(total.item())  # .item() waits for the device: the step is really done
+
+
+def maybe_checkpoint(loop: Loop, run: TrainConfig, env: DistEnv, step: int) -> None:
+    """Save when one is due: every ``checkpoint_every`` steps, at the last step, and after a stop request."""
+    every = run.checkpoint_every and step % run.checkpoint_every == 0
+    if loop.root is None or not (loop.stopped or step == run.max_steps or every):
+        return
+    info = ckpt.save_checkpoint(loop.root, step, loop.model, loop.opt, env, keep_last=run.keep_last, meta={
+        "strategy": loop.strategy, "next_step": step + 1, "data": run.data, "seed": run.seed,
+        "seq_len": run.seq_len, "global_batch": run.global_batch, "model": run.model})
+    loop.saves.append(info)
+    loop.last_saved = step
+    print0(f"[{loop.strategy}] checkpoint {info.path.name}: {info.size_bytes / 1e6:.1f} MB in {info.seconds:.2f} s",
+           env=env)
+
+
+def memory_fields(loop: Loop, env: DistEnv) -> dict[str, Any]:
+    """The peak on a GPU (``max_memory_allocated``); on a CPU the tensors counted on the first step."""
+    mem = dict(loop.mem)
+    if env.device.type == "cuda":
         mem.update(peak_memory_bytes=memtrack.cuda_peak_bytes(env.device), memory_method="cuda_max_memory_allocated")
     elif "param_bytes" in mem:
-        mem.update(peak_memory_bytes=sum(mem.get(k, 0) for k in ("param_bytes", "grad_bytes", "optimizer_bytes",
-                                                                  "activation_bytes")),
-                   memory_method="cpu_tensor_bytes")
-    if args.dump_params:
-        _dump_params(model, strategy, args, env)
-    from smml_lib.perf.environment import device_name
+        parts = ("param_bytes", "grad_bytes", "optimizer_bytes", "activation_bytes")
+        mem.update(peak_memory_bytes=sum(mem.get(k, 0) for k in parts), memory_method="cpu_tensor_bytes")
+    return mem
 
-    row.update(
-        world_size=env.world_size, num_nodes=env.num_nodes, backend=env.backend, device_name=device_name(env.device),
-        model=args.model, num_layers=cfg.num_hidden_layers, params=sum(p.numel() for p in _full_params(model)),
-        precision=args.precision, activation_checkpointing=args.activation_checkpointing,
-        reshard_after_forward=args.reshard_after_forward if strategy == "fsdp" else None,
-        seq_len=args.seq_len, global_batch=args.global_batch, micro_batch=micro, grad_accum=accum,
-        grad_sync=strategy != "ddp_nosync", steps_run=len(times), timed_steps=len(timed),
-        step_time_s=step_s, step_time_p10_s=float(np.percentile(timed, 10)) if timed else None,
-        step_time_p90_s=float(np.percentile(timed, 90)) if timed else None,
-        tokens_per_step=data.tokens_per_step(), tokens_per_s=tokens_per_s, flops_per_token=fpt,
-        model_tflops_per_gpu=fpt * tokens_per_s / env.world_size / 1e12, peak_tflops=peak,
-        mfu=(fpt * tokens_per_s / env.world_size / 1e12 / peak) if peak else None,
-        losses=losses, step_times_s=times, first_step=start + 1, last_step=step if times else start,
-        stopped_early=stopped, stop_reason=stop.reason if stopped else "",
-        steps_since_checkpoint=(step - last_saved) if times else 0,
+
+def speed_fields(loop: Loop, run: TrainConfig, env: DistEnv) -> dict[str, Any]:
+    """Step time (median over the timed steps), tokens/s of the whole job, model TFLOP/s per GPU, MFU."""
+    timed = loop.times[run.warmup_steps:] or loop.times
+    step_s = float(np.median(timed)) if timed else float("nan")
+    tokens_per_s = loop.data.tokens_per_step() / step_s if timed else float("nan")
+    fpt = train_flops_per_token(loop.config, run.seq_len)
+    peak = peak_tflops(env, run.precision)
+    per_gpu = fpt * tokens_per_s / env.world_size / 1e12
+    return dict(steps_run=len(loop.times), timed_steps=len(timed), step_time_s=step_s,
+                step_time_p10_s=float(np.percentile(timed, 10)) if timed else None,
+                step_time_p90_s=float(np.percentile(timed, 90)) if timed else None,
+                tokens_per_step=loop.data.tokens_per_step(), tokens_per_s=tokens_per_s, flops_per_token=fpt,
+                model_tflops_per_gpu=per_gpu, peak_tflops=peak, mfu=per_gpu / peak if peak else None)
+
+
+def result_row(loop: Loop, run: TrainConfig, env: DistEnv, stop: ckpt.StopRequest) -> dict[str, Any]:
+    """This rank's result: the run's shape, speed, memory, losses and checkpoints (one JSON row)."""
+    ran = bool(loop.times)
+    saves = loop.saves
+    return dict(
+        strategy=loop.strategy, **loop.resumed, world_size=env.world_size, num_nodes=env.num_nodes,
+        backend=env.backend, device_name=device_name(env.device), model=run.model,
+        num_layers=loop.config.num_hidden_layers, params=sum(p.numel() for p in loop.model.parameters()),
+        precision=run.precision, activation_checkpointing=run.activation_checkpointing,
+        reshard_after_forward=run.reshard_after_forward if loop.strategy == "fsdp" else None,
+        seq_len=run.seq_len, global_batch=run.global_batch, micro_batch=loop.micro, grad_accum=loop.accum,
+        grad_sync=loop.strategy != "ddp_nosync", **speed_fields(loop, run, env),
+        losses=loop.losses, step_times_s=loop.times, first_step=loop.start + 1,
+        last_step=loop.step if ran else loop.start, stopped_early=loop.stopped,
+        stop_reason=stop.reason if loop.stopped else "",
+        steps_since_checkpoint=(loop.step - loop.last_saved) if ran else 0,
         checkpoint_path=str(saves[-1].path) if saves else None,
         checkpoint_bytes=saves[-1].size_bytes if saves else None,
-        save_s=float(np.median([s.seconds for s in saves])) if saves else None, **mem)
-    return row
+        save_s=float(np.median([s.seconds for s in saves])) if saves else None, **memory_fields(loop, env))
 
 
-def _full_params(model: Any) -> list:
-    return [p for p in model.parameters()]
-
-
-def _dump_params(model: Any, strategy: str, args: argparse.Namespace, env: DistEnv) -> None:
-    import torch
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+def dump_params(loop: Loop, folder: Path, env: DistEnv) -> None:
+    """Rank 0 saves the full (unsharded) final parameters: tests compare strategies bit for bit."""
+    full = get_model_state_dict(loop.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if env.rank == 0:
-        torch.save({k: v.detach().cpu() for k, v in full.items()}, run_dir(args.run_dir) / f"params-{strategy}.pt")
+        torch.save({k: v.detach().cpu() for k, v in full.items()}, folder / f"params-{loop.strategy}.pt")
     barrier(env)
 
 
+def run_strategy(run: TrainConfig, common: argparse.Namespace, env: DistEnv, strategy: str,
+                 stop: ckpt.StopRequest) -> dict[str, Any]:
+    """Train one strategy from its start step to ``max_steps`` (or a stop request); return this rank's row."""
+    loop = setup(run, env, strategy)
+    memtrack.reset_peak(env.device)
+    for step in range(loop.start + 1, run.max_steps + 1):
+        maybe_inject_fault(common, env, step)
+        synchronize(env.device)
+        t0 = time.perf_counter()
+        loss = train_step(loop, run, env, step)
+        loop.times.append(time.perf_counter() - t0)
+        loop.losses.append(loss)
+        loop.step = step
+        print0(f"[{strategy}] step {step:>4}/{run.max_steps}  loss {loss:.4f}  {loop.times[-1] * 1e3:8.1f} ms", env=env)
+        loop.stopped = stop.check(env)
+        maybe_checkpoint(loop, run, env, step)
+        if loop.stopped:
+            break
+    if run.dump_params:
+        dump_params(loop, run_dir(common.run_dir), env)
+    return result_row(loop, run, env, stop)
+
+
 def main(argv: list[str]) -> int:
-    args = parse_args(argv)
-    env = init_distributed(args.backend, args.pg_timeout_s)
+    run, common = parse_args(argv)
+    env = init_distributed(common.backend, common.pg_timeout_s)
     stop = ckpt.StopRequest().install_signal_handlers()
-    if args.notice_url and env.local_rank == 0:  # one poller per node; check() shares the flag with all ranks
-        stop.watch_notice_url(args.notice_url, args.notice_poll_s, imdsv2=args.notice_imdsv2)
-    print0(f"worker_train: {env.world_size} process(es), backend {env.backend}, strategies {args.strategies}",
-           env=env)
-    for strategy in args.strategies:
-        row = run_strategy(args, env, strategy, stop)
+    if run.notice_url and env.local_rank == 0:  # one poller per node; check() shares the flag with all ranks
+        stop.watch_notice_url(run.notice_url, run.notice_poll_s, imdsv2=run.notice_imdsv2)
+    print0(f"train worker: {env.world_size} process(es), backend {env.backend}, strategies {run.strategies}", env=env)
+    for strategy in run.strategies:
+        row = run_strategy(run, common, env, strategy, stop)
         row.update(pid=os.getpid(), exit_code=ckpt.EXIT_STOPPED if row["stopped_early"] else 0)
-        write_result(row, env, tag=f"train-{strategy}", folder=args.run_dir)
+        write_result(row, env, tag=f"train-{strategy}", folder=common.run_dir)
         if row["stopped_early"]:
             barrier(env)  # every rank has written its result before any exits
             print0(f"stopped early after step {row['last_step']} ({row['stop_reason']}); "

@@ -1,18 +1,16 @@
-"""Checkpoint folders to and from S3 (or any S3-compatible server) with boto3, with progress and timing.
+"""Folders to and from S3 (or any S3-compatible server) with boto3, with progress, timing and clear errors.
 
     up = upload_folder(ckpt_dir, "s3://my-bucket/runs/llama/step_00000100")   # -> Transfer (files, bytes, s)
     down = download_prefix("s3://my-bucket/runs/llama/step_00000100", "/tmp/restore/step_00000100")
-    load_llama("s3://my-bucket/models/Llama-3.2-1B")                          # via fetch_model, cached
+    folder = fetch_folder("s3://my-bucket/models/Llama-3.2-1B")                # cached: load_llama uses it
 
-Why S3 for checkpoints: a node's local NVMe disappears with the node (spot reclaim, a terminated
-capacity block); a shared file system (FSx for Lustre, NFS) survives the node but is one more thing to
-run. Object storage is the durable copy. ``torch.distributed.checkpoint`` writes one file per rank plus
-``.metadata`` (``smml_lib.checkpoint.sharded``); this module moves such folders file by file, several at once
-(``max_workers``) and each big file in parallel parts (multipart, ``TransferConfig``).
+Folders move file by file, several at once (``max_workers``), each big file in parallel parts (multipart,
+``TransferConfig``). Two packages use this: ``smml_lib.models`` loads checkpoints from S3 prefixes, and
+``smml_lib.checkpoint`` keeps training checkpoints there (``smml_lib.checkpoint.targets``).
 
-**Completeness.** S3 has no atomic folder rename, so ``meta.json`` (the marker ``smml_lib.checkpoint.sharded``
-uses for "this checkpoint is complete") is uploaded *last*: a prefix without it is an interrupted upload
-and ``list_checkpoints`` ignores it - the same rule as ``.partial`` folders on disk.
+**Completeness.** S3 has no atomic folder rename, so ``COMMIT_MARKER`` (``meta.json``, the file a
+checkpoint writes last to say it is complete) is uploaded *last*: a prefix without it is an interrupted
+upload, the same rule as ``.partial`` folders on disk.
 
 **Endpoints and credentials.** ``endpoint_url`` (or ``AWS_ENDPOINT_URL_S3``) points boto3 at an
 S3-compatible server: MinIO, Ceph, or moto for tests (``LocalS3``: a real HTTP server on 127.0.0.1).
@@ -23,6 +21,7 @@ them the error says so at once instead of boto3 searching for minutes. Keys are 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -30,7 +29,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-COMMIT_MARKER = "meta.json"  # uploaded last; written last by smml_lib.checkpoint.sharded too
+from tqdm.auto import tqdm
+
+from smml_lib.common.credentials import aws_credentials_source, redact
+from smml_lib.common.paths import cache_dir
+
+COMMIT_MARKER = "meta.json"  # uploaded last; smml_lib.checkpoint.sharded writes it last too
 
 
 class StorageError(RuntimeError):
@@ -72,10 +76,8 @@ def s3_client(endpoint_url: str | None = None, *, region: str | None = None, acc
     ``endpoint_url`` (else ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``): an S3-compatible server. For AWS
     itself, credentials must be configured (env, profile, role); checked first without any network call.
     """
-    import boto3
-    from botocore.config import Config
-
-    from smml_lib.common.credentials import aws_credentials_source
+    import boto3  # deferred: optional extra [aws]
+    from botocore.config import Config  # deferred: optional extra [aws]
 
     endpoint = endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     if not (access_key or endpoint or aws_credentials_source()):
@@ -90,9 +92,11 @@ def s3_client(endpoint_url: str | None = None, *, region: str | None = None, acc
 
 def explain(exc: Exception, url: str) -> StorageError:
     """Turn a botocore exception into a ``StorageError`` that says what to do (secrets redacted)."""
-    from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
-
-    from smml_lib.common.credentials import redact
+    from botocore.exceptions import (  # deferred: optional extra [aws]
+        ClientError,
+        EndpointConnectionError,
+        NoCredentialsError,
+    )
 
     bucket = parse_s3_url(url)[0] if url.startswith("s3://") else url
     if isinstance(exc, NoCredentialsError):
@@ -114,13 +118,11 @@ def explain(exc: Exception, url: str) -> StorageError:
 
 
 def _progress(total_bytes: int, desc: str, enabled: bool) -> Any:
-    from tqdm.auto import tqdm
-
     return tqdm(total=total_bytes, unit="B", unit_scale=True, desc=desc, disable=not enabled, leave=False)
 
 
 def _transfer_config(max_workers: int) -> Any:
-    from boto3.s3.transfer import TransferConfig
+    from boto3.s3.transfer import TransferConfig  # deferred: optional extra [aws]
 
     return TransferConfig(multipart_threshold=64 * 2**20, multipart_chunksize=64 * 2**20,
                           max_concurrency=max_workers, use_threads=True)
@@ -204,20 +206,11 @@ def download_prefix(url: str, local: str | os.PathLike, *, client: Any = None, e
     return Transfer("download", url, local, len(todo), total, time.perf_counter() - t0)
 
 
-def list_checkpoints(url: str, *, client: Any = None, endpoint_url: str | None = None) -> list[str]:
-    """Complete checkpoints (``step_*`` prefixes holding ``meta.json``) under ``url``, oldest first."""
-    steps = set()
-    for o in list_prefix(url, client=client, endpoint_url=endpoint_url):
-        parts = o["key"].split("/")
-        if parts[-1] == COMMIT_MARKER and len(parts) >= 2 and parts[-2].startswith("step_"):
-            steps.add("s3://" + parse_s3_url(url)[0] + "/" + "/".join(parts[:-1]))
-    return sorted(steps)
+def fetch_folder(url: str, *, endpoint_url: str | None = None, progress: bool = True) -> Path:
+    """Download a folder (a model checkpoint) from S3 into the smml cache, once, and return the local copy.
 
-
-def fetch_model(url: str, *, endpoint_url: str | None = None, progress: bool = True) -> Path:
-    """Download a model folder from S3 into the smml cache (once; later calls reuse it) and return the folder."""
-    from smml_lib.common.paths import cache_dir
-
+    Later calls fetch only what changed (same-size files are kept): ``load_llama("s3://...")`` goes through here.
+    """
     bucket, prefix = parse_s3_url(url)
     dest = cache_dir("s3", bucket, *prefix.split("/"))
     download_prefix(url, dest, endpoint_url=endpoint_url, progress=progress)
@@ -236,10 +229,8 @@ class LocalS3:
         self.endpoint_url = ""
 
     def start(self) -> "LocalS3":
-        import logging
-
         try:
-            from moto.server import ThreadedMotoServer
+            from moto.server import ThreadedMotoServer  # deferred: dev extra: tests and smoke labs only
         except ImportError:
             raise StorageError("the local S3 server needs moto: pip install 'moto[server]' (part of the course's "
                                "dev extra: pip install -e '.[dev]')") from None
@@ -283,59 +274,3 @@ class LocalS3:
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
-
-
-LOCAL_SERVER_MEMORY_PER_BYTE = 2.5  # peak process memory per uploaded byte (measured 2.4: see Target.check_room)
-
-
-@dataclass
-class Target:
-    """Where a lab puts checkpoints: a real bucket (``s3_url``) or a local S3-compatible server."""
-
-    base_url: str
-    client: Any
-    server: LocalS3 | None = None
-
-    def url(self, *parts: str) -> str:
-        return "/".join([self.base_url.rstrip("/"), *[p.strip("/") for p in parts if p]])
-
-    @property
-    def kind(self) -> str:
-        return f"local S3 server {self.server.endpoint_url}" if self.server else "AWS S3"
-
-    def check_room(self, local: str | os.PathLike) -> None:
-        """Refuse a folder the local server could not hold: it keeps what it stores in this process's memory.
-
-        Measured here: 2.15 GB uploaded through it raised this process's peak memory by 5.07 GB (2.4x), so
-        a 15 GB checkpoint needs about 36 GB free. Real S3 (``s3_url``) has no such limit: a no-op then.
-        """
-        if not self.server:
-            return
-        import psutil
-
-        nbytes = sum(f.stat().st_size for f in Path(local).rglob("*") if f.is_file())
-        need, free = LOCAL_SERVER_MEMORY_PER_BYTE * nbytes, psutil.virtual_memory().available
-        if need > free:
-            raise StorageError(
-                f"{nbytes / 1e9:.1f} GB through the local S3 server needs about {need / 1e9:.0f} GB of free memory "
-                f"(it keeps objects in this process); {free / 1e9:.0f} GB are available. Set s3_url to a bucket "
-                "you may write to (AWS credentials configured), or train a smaller model.")
-
-    def close(self) -> None:
-        if self.server:
-            self.server.stop()
-
-
-_LOCAL_SERVERS: dict[str, LocalS3] = {}  # one local server per bucket per process (a re-run cell reuses it)
-
-
-def open_target(s3_url: str = "", *, bucket: str = "smml-checkpoints") -> Target:
-    """``s3_url`` (e.g. ``"s3://my-bucket/smml"``, needs credentials) or, when empty, a local S3 server."""
-    if s3_url:
-        parse_s3_url(s3_url)
-        return Target(s3_url.rstrip("/"), s3_client())
-    server = _LOCAL_SERVERS.get(bucket)
-    if server is None or server._server is None:
-        server = _LOCAL_SERVERS[bucket] = LocalS3(bucket).start()
-    return Target(f"s3://{bucket}/smml", server.client(), server)
-
