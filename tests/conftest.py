@@ -72,7 +72,7 @@ def _cluster_test_ids() -> tuple[str, set[str]]:
 
 
 try:
-    import xdist  # noqa: F401  (the hook below is only known to pytest when pytest-xdist is installed)
+    import xdist
 except ImportError:
     pass
 else:

@@ -52,12 +52,12 @@ class _Metadata(BaseHTTPRequestHandler):
     notice = False
     tokens_issued = 0
 
-    def do_PUT(self):  # noqa: N802
+    def do_PUT(self):
         assert self.path == "/latest/api/token" and self.headers["X-aws-ec2-metadata-token-ttl-seconds"]
         type(self).tokens_issued += 1
         self._send(200, b"tok-123")
 
-    def do_GET(self):  # noqa: N802
+    def do_GET(self):
         if self.headers.get("X-aws-ec2-metadata-token") != "tok-123":
             return self._send(401, b"")
         if not type(self).notice:

@@ -91,7 +91,7 @@ class _Notice(BaseHTTPRequestHandler):
 
     armed = False
 
-    def do_GET(self):  # noqa: N802
+    def do_GET(self):
         if not type(self).armed:
             self.send_response(404)
             self.end_headers()

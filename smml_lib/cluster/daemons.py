@@ -113,7 +113,7 @@ def start_daemons(nodes: list[str], cpus: int, timeout_s: float) -> dict[str, An
     state: dict[str, Any] = {"conf": str(conf), "nodes": nodes, "daemons": [], "started_utc": time.time()}
     write_state(state)
     env = {"SLURM_CONF": str(conf)}
-    log = open(d / "log" / "daemons.out", "ab")  # noqa: SIM115 - daemons inherit it, never a pipe
+    log = open(d / "log" / "daemons.out", "ab")
 
     def start(name: str, cmd: list[str], pid_file: Path) -> None:
         exe = which(cmd[0]) or cmd[0]

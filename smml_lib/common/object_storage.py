@@ -151,7 +151,7 @@ def upload_folder(local: str | os.PathLike, url: str, *, client: Any = None, end
             for f in files:  # the commit markers, after everything else has arrived
                 if f.name == COMMIT_MARKER:
                     put(f)
-        except Exception as exc:  # noqa: BLE001 - boto3 raises many types; all become a clear StorageError
+        except Exception as exc:
             raise explain(exc, url) from None
     return Transfer("upload", url, local, len(files), total, time.perf_counter() - t0)
 
@@ -165,7 +165,7 @@ def list_prefix(url: str, *, client: Any = None, endpoint_url: str | None = None
         for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix + "/" if prefix else ""):
             out += [{"key": o["Key"], "size_bytes": o["Size"], "last_modified": o["LastModified"]}
                     for o in page.get("Contents", [])]
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise explain(exc, url) from None
     return out
 
@@ -201,7 +201,7 @@ def download_prefix(url: str, local: str | os.PathLike, *, client: Any = None, e
         try:
             with ThreadPoolExecutor(max_workers) as pool:
                 list(pool.map(get, todo))
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise explain(exc, url) from None
     return Transfer("download", url, local, len(todo), total, time.perf_counter() - t0)
 

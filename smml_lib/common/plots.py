@@ -21,7 +21,7 @@ from smml_lib.common.paths import output_dir
 if not in_notebook():
     matplotlib.use("Agg")  # scripts, tests and torchrun workers have no screen
 
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 STYLE = {"figure.dpi": 110, "axes.grid": True, "grid.alpha": 0.3, "axes.spines.top": False,
          "axes.spines.right": False, "font.size": 10, "legend.frameon": False}

@@ -40,7 +40,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
-    def do_PUT(self) -> None:  # noqa: N802 - http.server's naming
+    def do_PUT(self) -> None:
         if self.path != TOKEN_PATH:
             return self._send(404, "Not Found")
         try:
@@ -53,7 +53,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.server.owner._tokens[token] = time.monotonic() + ttl
         return self._send(200, token)
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         owner = self.server.owner
         if owner.require_token:
             expiry = owner._tokens.get(self.headers.get("X-aws-ec2-metadata-token", ""), 0)
@@ -141,7 +141,7 @@ class NoticeServer:
 def get_notice(url: str, timeout_s: float = 1.0) -> dict[str, Any] | None:
     """One poll: the notice as a dict, or ``None`` on 404 (what a worker does every few seconds)."""
     try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as resp:  # noqa: S310 - a URL we were given
+        with urllib.request.urlopen(url, timeout=timeout_s) as resp:
             return json.loads(resp.read().decode())
     except urllib.error.HTTPError as exc:
         if exc.code == 404:

@@ -121,7 +121,7 @@ class _Watched:
     def _wait(self) -> None:
         try:
             self.result = self.job.wait()
-        except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+        except BaseException as exc:
             self.error = exc
 
     def lines(self) -> list[str]:

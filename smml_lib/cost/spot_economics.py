@@ -74,7 +74,7 @@ def expected_wall_time_h(work_h: float, interval_h: float, checkpoint_cost_h: fl
 def optimal_interval_h(checkpoint_cost_h: float, restart_h: float, mtbf_h: float, work_h: float = 1.0) -> float:
     """The τ that minimises ``expected_wall_time_h`` exactly (golden-section search on log τ)."""
     lo, hi = math.log(max(checkpoint_cost_h, 1e-9) * 1e-3), math.log(mtbf_h * 10)
-    f = lambda lt: expected_wall_time_h(work_h, math.exp(lt), checkpoint_cost_h, restart_h, mtbf_h)  # noqa: E731
+    f = lambda lt: expected_wall_time_h(work_h, math.exp(lt), checkpoint_cost_h, restart_h, mtbf_h)
     g = (math.sqrt(5) - 1) / 2
     a, b = lo, hi
     for _ in range(200):

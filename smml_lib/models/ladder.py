@@ -236,10 +236,10 @@ def measure_rung(model: Any, tokenizer: Any, rung: Rung, *, prompt_tokens: int, 
     if rung.static_compile:
         decoder = decoder or StaticDecoder(model, max_cache_len=prompt_tokens + new_tokens, compile=compile_scope,
                                            backend=compile_backend)
-        run = lambda: decoder.generate(tokenizer, max_new_tokens=new_tokens, batch_size=batch_size,  # noqa: E731
+        run = lambda: decoder.generate(tokenizer, max_new_tokens=new_tokens, batch_size=batch_size,
                                        prompt_tokens=prompt_tokens)
     else:
-        run = lambda: timed_generate(model, tokenizer, max_new_tokens=new_tokens, batch_size=batch_size,  # noqa: E731
+        run = lambda: timed_generate(model, tokenizer, max_new_tokens=new_tokens, batch_size=batch_size,
                                      prompt_tokens=prompt_tokens, use_cache=rung.use_cache)
     t0 = time.perf_counter()
     warm = run()

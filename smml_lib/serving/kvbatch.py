@@ -158,7 +158,7 @@ class Batch:
                                    _left_pad_time(theirs.keys, width - t_other)], dim=0)
             mine.values = torch.cat([_left_pad_time(mine.values, width - t_self),
                                      _left_pad_time(theirs.values, width - t_other)], dim=0)
-        pad = lambda m, n: torch.cat([m.new_zeros(m.shape[0], n), m], dim=1)  # noqa: E731
+        pad = lambda m, n: torch.cat([m.new_zeros(m.shape[0], n), m], dim=1)
         self.mask = torch.cat([pad(self.mask, width - t_self), pad(other.mask, width - t_other)], dim=0)
         self.next_pos = torch.cat([self.next_pos, other.next_pos])
         self.last = torch.cat([self.last, other.last])

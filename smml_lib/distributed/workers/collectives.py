@@ -46,17 +46,17 @@ def _time_op(op: str, size_bytes: int, env: DistEnv, dtype: Any, iters: int, war
     count = max(n, size_bytes // elem // n * n)  # divisible by n for the gather/scatter shapes
     if op == "all_reduce":
         buf = torch.ones(count, dtype=dtype, device=env.device)
-        call = lambda: dist.all_reduce(buf)  # noqa: E731
+        call = lambda: dist.all_reduce(buf)
     elif op == "all_gather":
         src = torch.ones(count // n, dtype=dtype, device=env.device)
         out = torch.empty(count, dtype=dtype, device=env.device)
         gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor  # renamed in torch 2.13
-        call = lambda: gather(out, src)  # noqa: E731
+        call = lambda: gather(out, src)
     else:
         src = torch.ones(count, dtype=dtype, device=env.device)
         out = torch.empty(count // n, dtype=dtype, device=env.device)
         scatter = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
-        call = lambda: scatter(out, src)  # noqa: E731
+        call = lambda: scatter(out, src)
     cuda = env.device.type == "cuda"
     for _ in range(warmup):
         call()
