@@ -72,7 +72,7 @@ def _cluster_test_ids() -> tuple[str, set[str]]:
 
 
 try:
-    import xdist
+    import xdist  # noqa: F401  (the hook below is only known to pytest when pytest-xdist is installed)
 except ImportError:
     pass
 else:

@@ -119,7 +119,8 @@ def test_down_leaves_nothing_then_up_again(running_cluster):
 @needs_cluster
 def test_a_process_that_started_the_cluster_stops_it_when_it_exits(running_cluster):
     local_cluster.down()
-    code = ("from smml_lib.cluster import local_cluster; a = local_cluster.ensure('local'); b = local_cluster.ensure('local'); "
+    code = ("from smml_lib.cluster import local_cluster; "
+            "a = local_cluster.ensure('local'); b = local_cluster.ensure('local'); "
             "assert a.started_here and b.started_here, 'a re-run cell keeps ownership'")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
     deadline = time.monotonic() + 30  # the exit handler stops it from a detached process

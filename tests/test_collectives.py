@@ -15,7 +15,7 @@ def test_bus_factors_and_sizes():
     assert collectives.bus_factor("reduce_scatter", 2) == pytest.approx(0.5)
     with pytest.raises(ValueError):
         collectives.bus_factor("broadcast", 2)
-    assert collectives.parse_size("32K") == 32768 and collectives.parse_size("1G") == 2**30 and collectives.parse_size("100") == 100
+    assert [collectives.parse_size(s) for s in ("32K", "1G", "100")] == [32768, 2**30, 100]
     assert collectives.message_sizes(32 * 2**10, 2**30) == [2**15 * 4**i for i in range(8)] + [2**30]
     # 1 GB all-reduce over 4 GPUs at 20 GB/s bus bandwidth: 1e9 * 1.5 / 20e9 = 75 ms
     assert collectives.collective_time_s("all_reduce", 1e9, 4, 20.0) == pytest.approx(0.075)

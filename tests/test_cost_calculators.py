@@ -31,8 +31,8 @@ def test_training_run_cost_hand_case():
     assert r.gpu_hours == pytest.approx(688.7052, rel=1e-6)
     assert r.usd == pytest.approx(792.2865, rel=1e-6)
     # two instances (8 GPUs): half the wall time, same GPU-hours, same dollars
-    r8 = calculators.training_run_cost(1e9, 20e9, gpus=8, peak_tflops_per_gpu=121, mfu=0.4, usd_per_instance_hour=4.6016,
-                              gpus_per_instance=4)
+    r8 = calculators.training_run_cost(1e9, 20e9, gpus=8, peak_tflops_per_gpu=121, mfu=0.4,
+                                       usd_per_instance_hour=4.6016, gpus_per_instance=4)
     assert (r8.wall_h, r8.instances, r8.usd) == pytest.approx((86.08815, 2, 792.2865), rel=1e-6)
     with pytest.raises(ValueError):
         calculators.training_run_cost(1e9, 1e9, gpus=1, peak_tflops_per_gpu=121, mfu=40, usd_per_instance_hour=1,
@@ -62,7 +62,8 @@ def test_young_and_daly_intervals_hand_case():
     # the exact optimum of the expected-time model agrees with Daly to 4 decimals, and R does not move it
     assert spot_economics.optimal_interval_h(0.1, 0.2, 20) == pytest.approx(1.93389, rel=1e-4)
     assert spot_economics.optimal_interval_h(0.1, 2.0, 20) == pytest.approx(1.93389, rel=1e-4)
-    sweep = spot_economics.checkpoint_interval_sweep([0.25, 1.9339, 8], work_h=10, checkpoint_cost_h=0.1, restart_h=0.2, mtbf_h=20)
+    sweep = spot_economics.checkpoint_interval_sweep([0.25, 1.9339, 8], work_h=10, checkpoint_cost_h=0.1,
+                                                     restart_h=0.2, mtbf_h=20)
     assert sweep["expected_wall_h"].idxmin() == 1  # the U-shape: too frequent and too rare both cost more
 
 
@@ -83,7 +84,8 @@ def test_spot_run_hand_case():
 
 
 def test_purchase_options_break_even_hand_case():
-    terms = calculators.CommitmentTerms(calculators.Assumption(0.30, "ASSUMPTION test"), calculators.Assumption(0.50, "ASSUMPTION test"))
+    terms = calculators.CommitmentTerms(calculators.Assumption(0.30, "ASSUMPTION test"),
+                                        calculators.Assumption(0.50, "ASSUMPTION test"))
     df = calculators.purchase_options(55.04, spot_usd_per_h=17.6289, spot_overhead=1.1, capacity_block_usd_per_h=39.33,
                              terms=terms).set_index("option")
     # 1-year at 30 % off: 38.528 $/h, break-even at 70 % of the term used; 3-year 50 % off: 27.52 $/h, 50 %
@@ -132,7 +134,8 @@ def test_idle_waste_on_the_cpu_telemetry_backend():
 
 def test_per_token_costs_and_training_table_hand_case():
     # 4.6016 $/h, 1000 tok/s on 1 of 4 GPUs: one replica 1.278222 $/1M; four replicas 1.278222 / 4 = 0.3195556 $/1M
-    df = calculators.per_token_costs(pd.DataFrame({"tps": [1000.0]}), "tps", usd_per_instance_hour=4.6016, gpus_per_instance=4)
+    df = calculators.per_token_costs(pd.DataFrame({"tps": [1000.0]}), "tps", usd_per_instance_hour=4.6016,
+                                     gpus_per_instance=4)
     assert df.iloc[0][["usd_per_1m_one_replica", "usd_per_1m_instance_full"]].tolist() == pytest.approx(
         [1.278222, 0.3195556], rel=1e-6)
     # the training table reuses training_run_cost: 1B x 20B tokens at MFU 0.4 on g6.12xlarge = 172.1763 h, 792.2865 $
@@ -148,7 +151,8 @@ def test_per_token_costs_and_training_table_hand_case():
 def test_training_flops_do_not_overflow_with_numpy_integers():
     import numpy as np
 
-    # 6 x 1,235,814,400 x 24,716,288,000 = 6 x 3.054475e19 = 1.832685e20 > int64's 9.2e18: must be computed in floating point
+    # 6 x 1,235,814,400 x 24,716,288,000 = 6 x 3.054475e19 = 1.832685e20 > int64's 9.2e18:
+    # must be computed in floating point
     n, d = np.int64(1_235_814_400), np.int64(24_716_288_000)
     assert scaling.training_flops(n, d) == pytest.approx(1.832685e20, rel=1e-6)
 
@@ -167,7 +171,8 @@ def test_load_inputs_prefers_a_saved_result_and_labels_the_fallback(monkeypatch,
 
     monkeypatch.setenv("SMML_OUTPUT_DIR", str(tmp_path))
     fallback = pd.DataFrame({"tokens_per_s": [1.0]})
-    none = calculators.load_inputs("m04_test_no_such_result", "smoke", ["tokens_per_s"], fallback, "PREDICTION: roofline")
+    none = calculators.load_inputs("m04_test_no_such_result", "smoke", ["tokens_per_s"], fallback,
+                                   "PREDICTION: roofline")
     assert (none.source, none.measured) == ("prediction", False) and none.frame is fallback
     assert none.label.startswith("PREDICTION: roofline") and "no saved result" in none.label
     save_result("m04_test_result", pd.DataFrame({"tokens_per_s": [123.0]}), mode="smoke", env={"device_name": "cpu"})

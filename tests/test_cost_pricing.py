@@ -118,7 +118,8 @@ def test_instance_specs_and_spot_history_from_moto(fake_aws_env):
 
     with mock_aws():
         ec2 = boto3.client("ec2", region_name="us-east-1")
-        specs = pricing.live_instance_specs(["g6.12xlarge", "trn1.32xlarge"], "us-east-1", ec2).set_index("instance_type")
+        specs = pricing.live_instance_specs(["g6.12xlarge", "trn1.32xlarge"], "us-east-1", ec2)
+        specs = specs.set_index("instance_type")
         spot = pricing.live_spot_prices(["g6.12xlarge"], "us-east-1", ec2)
     # moto serves EC2's real DescribeInstanceTypes data: 4 x L4 at 22888 MiB, 16 Trainium devices at 32768 MiB
     assert specs.loc["g6.12xlarge", ["accelerator", "accelerators", "accelerator_memory_mib"]].tolist() == [

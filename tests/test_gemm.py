@@ -18,7 +18,8 @@ def test_flops_bytes_and_intensity_by_hand():
     assert gemm.gemm_min_bytes(2, 3, 4, "fp8") == 1 * (8 + 12) + 2 * 6  # fp8 in, bf16 out
     assert gemm.arithmetic_intensity(2, 3, 4, "fp32") == pytest.approx(48 / 104)
     assert gemm.arithmetic_intensity(3072, 3072, 3072, "bf16") == pytest.approx(1024)  # n/3 for square bf16
-    assert gemm.arithmetic_intensity(1, 4096, 4096, "bf16") == pytest.approx(2 * 4096**2 / (2 * (4096 + 4096**2 + 4096)))
+    gemv_intensity = 2 * 4096**2 / (2 * (4096 + 4096**2 + 4096))  # FLOPs / bytes of x, W, y in bf16
+    assert gemm.arithmetic_intensity(1, 4096, 4096, "bf16") == pytest.approx(gemv_intensity)
     assert GemmShape(8, 8, 8).name == "8x8x8" and GemmShape(1, 2, 3, "up").name == "up"
 
 

@@ -28,7 +28,8 @@ def test_step_work_and_prediction_by_hand():
     assert t_nocache == pytest.approx(max(nocache["flops"] / 121e12, nocache["bytes"] / 300e9))
     assert ladder.bandwidth_bound_tpot_s(CFG, "bf16", 300.0) == pytest.approx(anatomy.weight_bytes(CFG, "bf16") / 300e9)
     # fp32 weights are twice the bytes: twice the bound
-    assert ladder.bandwidth_bound_tpot_s(CFG, "fp32", 300.0) == pytest.approx(2 * ladder.bandwidth_bound_tpot_s(CFG, "bf16", 300.0))
+    bf16_s = ladder.bandwidth_bound_tpot_s(CFG, "bf16", 300.0)
+    assert ladder.bandwidth_bound_tpot_s(CFG, "fp32", 300.0) == pytest.approx(2 * bf16_s)
 
 
 def test_default_rungs_change_one_thing_at_a_time():
@@ -113,7 +114,8 @@ def test_beside_reference_with_and_without_a_reference(tmp_path, monkeypatch):
     (tmp_path / "m01_x.json").write_text(json.dumps({
         "name": "m01_x", "saved_utc": "2026-01-01T00:00:00+00:00", "mode": "real",
         "env": {"device_name": "NVIDIA L4", "torch": "2.6", "driver": "550"},
-        "records": [{"batch_size": 1, "decode_tokens_per_s": 60.0}, {"batch_size": 64, "decode_tokens_per_s": 2000.0}]}))
+        "records": [{"batch_size": 1, "decode_tokens_per_s": 60.0},
+                    {"batch_size": 64, "decode_tokens_per_s": 2000.0}]}))
     table, note = results.beside_reference("m01_x", own, on=["batch_size"], columns=["decode_tokens_per_s"])
     assert "NVIDIA L4" in note and "real mode" in note
     assert list(table["batch_size"]) == [1, 8, 64]
@@ -127,7 +129,8 @@ def test_beside_reference_names_the_model_and_flags_a_twin(tmp_path, monkeypatch
 
     monkeypatch.setattr(results, "reference_dir", lambda: tmp_path)
     (tmp_path / "m01_y.json").write_text(json.dumps({
-        "name": "m01_y", "saved_utc": "2026-01-01T00:00:00+00:00", "mode": "real", "env": {"device_name": "NVIDIA H200"},
+        "name": "m01_y", "saved_utc": "2026-01-01T00:00:00+00:00", "mode": "real",
+        "env": {"device_name": "NVIDIA H200"},
         "records": [{"rung": "naive", "model": "/tmp/smml-reference/Llama-3.2-1B-twin-random-weights",
                      "decode_tokens_per_s": 40.0}]}))
     own = pd.DataFrame({"rung": ["naive"], "decode_tokens_per_s": [30.0]})

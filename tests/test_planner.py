@@ -22,7 +22,8 @@ def test_sixteen_bytes_per_parameter_and_zero_stages():
     assert ddp.loc[["weights", "gradients", "optimizer"], "bytes"].sum() == pytest.approx(16 * P)
     for strategy, sharded in [("zero1", ["optimizer"]), ("zero2", ["gradients", "optimizer"]),
                               ("fsdp", ["weights", "gradients", "optimizer"])]:
-        df = planner.training_memory(cfg, strategy=strategy, num_gpus=4, micro_batch=1, seq_len=16).set_index("component")
+        df = planner.training_memory(cfg, strategy=strategy, num_gpus=4, micro_batch=1, seq_len=16)
+        df = df.set_index("component")
         for comp in ("weights", "gradients", "optimizer"):
             ratio = df.loc[comp, "bytes"] / ddp.loc[comp, "bytes"]
             assert ratio == pytest.approx(0.25 if comp in sharded else 1.0), (strategy, comp)

@@ -30,7 +30,8 @@ def test_script_has_multinode_torchrun_essentials(tmp_path):
                    "#SBATCH --signal=B:USR1@120", f"#SBATCH --output={tmp_path}/slurm-%j.out",
                    "SMML_BACKEND=nccl", "NCCL_SOCKET_IFNAME", "GLOO_SOCKET_IFNAME", "FI_PROVIDER=efa",
                    "--rdzv-backend c10d", '"$HEAD_ADDR:$RDZV_PORT"', "is_host=$IS_HOST", "--nproc-per-node 4",
-                   "-m smml_lib.distributed.workers.train --strategy fsdp", "scontrol requeue", "TORCH_ELASTIC_SHUTDOWN_TIMEOUT=105",
+                   "-m smml_lib.distributed.workers.train --strategy fsdp", "scontrol requeue",
+                   "TORCH_ELASTIC_SHUTDOWN_TIMEOUT=105",
                    '--cpus-per-task="${SLURM_CPUS_ON_NODE:-1}"'):
         assert needle in text, needle
     subprocess.run(["bash", "-n"], input=text, text=True, check=True)  # valid bash
@@ -120,4 +121,5 @@ def test_without_slurm_the_same_job_runs_locally_and_survives_a_preemption(tmp_p
 
 def test_python_and_module_paths_are_absolute_in_script(tmp_path):
     text = sbatch.render_sbatch(sbatch.TorchrunJob("collectives"), tmp_path)
-    assert f"{sys.executable} -m torch.distributed.run" in text and "-m smml_lib.distributed.workers.collectives" in text
+    assert f"{sys.executable} -m torch.distributed.run" in text
+    assert "-m smml_lib.distributed.workers.collectives" in text

@@ -82,7 +82,8 @@ def test_worker_notice_poller_sees_the_notice(monkeypatch):
 
 def test_drill_config_is_checked():
     with pytest.raises(ValueError, match="below max_steps"):
-        spot_drill.run_drill(spot_drill.DrillConfig(spot_drill.DRILL_TRAINING.replace(max_steps=4), interrupt_after_step=4))
+        short = spot_drill.DRILL_TRAINING.replace(max_steps=4)
+        spot_drill.run_drill(spot_drill.DrillConfig(short, interrupt_after_step=4))
     with pytest.raises(ValueError, match="poll intervals"):
         spot_drill.run_drill(spot_drill.DrillConfig(notice_window_s=1, poll_s=0.5))
 

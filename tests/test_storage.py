@@ -52,9 +52,10 @@ def test_checkpoint_round_trip_through_s3(s3, tmp_path):
     up = object_storage.upload_folder(info.path, url, client=s3.client(), progress=False)
     assert up.files >= 3 and up.bytes == info.size_bytes and up.seconds > 0
     assert targets.list_checkpoints(s3.url("run-a"), client=s3.client()) == [url]
-    down = object_storage.download_prefix(url, tmp_path / "restore" / info.path.name, client=s3.client(), progress=False)
+    restore = tmp_path / "restore" / info.path.name
+    down = object_storage.download_prefix(url, restore, client=s3.client(), progress=False)
     assert (down.files, down.bytes) == (up.files, up.bytes)
-    again = object_storage.download_prefix(url, tmp_path / "restore" / info.path.name, client=s3.client(), progress=False)
+    again = object_storage.download_prefix(url, restore, client=s3.client(), progress=False)
     assert again.files == 0  # already there: nothing fetched twice
     fresh = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 8))
     opt = torch.optim.AdamW(fresh.parameters(), lr=1e-2)
@@ -76,7 +77,8 @@ def test_commit_marker_is_uploaded_last_and_partial_uploads_are_ignored(s3, tmp_
         return real(filename, bucket, key, **kw)
 
     client.upload_file = recording
-    object_storage.upload_folder(info.path, s3.url("run-b", info.path.name), client=client, progress=False, max_workers=4)
+    object_storage.upload_folder(info.path, s3.url("run-b", info.path.name), client=client, progress=False,
+                                 max_workers=4)
     assert order[-1].endswith("/meta.json") and sum(k.endswith("meta.json") for k in order) == 1
     (info.path / "meta.json").unlink()  # an upload interrupted before its marker
     object_storage.upload_folder(info.path, s3.url("run-c", info.path.name), client=s3.client(), progress=False)

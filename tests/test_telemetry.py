@@ -84,12 +84,14 @@ def use_fake(monkeypatch):
 
 
 def test_throttle_reason_decoding():
-    assert telemetry_backends.decode_throttle_reasons(0) == [] and telemetry_backends.decode_throttle_reasons(None) == []
+    assert telemetry_backends.decode_throttle_reasons(0) == []
+    assert telemetry_backends.decode_throttle_reasons(None) == []
     assert telemetry_backends.decode_throttle_reasons(0x1) == ["gpu_idle"]
     assert telemetry_backends.decode_throttle_reasons(0x4 | 0x40) == ["sw_power_cap", "hw_thermal_slowdown"]
     assert telemetry_backends.decode_throttle_reasons(0x1000 | 0x8) == ["hw_slowdown", "0x1000"]
     assert telemetry_backends.is_throttled(0x4) and telemetry_backends.is_throttled(0x80)
-    assert not telemetry_backends.is_throttled(0x1) and not telemetry_backends.is_throttled(0x2)  # idle / app clocks: not throttling
+    # idle / application clocks: not throttling
+    assert not telemetry_backends.is_throttled(0x1) and not telemetry_backends.is_throttled(0x2)
 
 
 def test_nvml_backend_values_and_units(use_fake):

@@ -110,8 +110,8 @@ def test_sigterm_stops_with_checkpoint_then_resume_is_exact(reference, tmp_path)
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Notice)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}/latest/meta-data/spot/instance-action"
-    args = COMMON + ["--strategy", "ddp", "--micro-batch", "1", "--checkpoint-dir", str(tmp_path / "ck"), "--notice-url", url,
-                     "--notice-poll-s", "0.2"]
+    args = COMMON + ["--strategy", "ddp", "--micro-batch", "1", "--checkpoint-dir", str(tmp_path / "ck"),
+                     "--notice-url", url, "--notice-poll-s", "0.2"]
     job = start("train", args, nproc=2, timeout_s=300, run_dir=tmp_path / "stopped", echo=False)
     while job.proc.poll() is None and not any("step    1/4" in line for line in job.tail):
         job._pump(0.1)
@@ -120,7 +120,8 @@ def test_sigterm_stops_with_checkpoint_then_resume_is_exact(reference, tmp_path)
     assert df.attrs["stopped_early"] and df["stopped_early"].all() and (df["exit_code"] == ckpt.EXIT_STOPPED).all()
     last = int(df["last_step"].iloc[0])
     assert (df["last_step"] == last).all() and (df["steps_since_checkpoint"] == 0).all()
-    assert "SIGTERM" in " ".join(df["stop_reason"]) and ckpt.latest_checkpoint(tmp_path / "ck").name == f"step_{last:08d}"
+    assert "SIGTERM" in " ".join(df["stop_reason"])
+    assert ckpt.latest_checkpoint(tmp_path / "ck").name == f"step_{last:08d}"
     # resume while the notice endpoint answers 404: the poller runs, nothing stops the job
     resumed = launch("train", args + ["--resume"], nproc=2, timeout_s=300, run_dir=tmp_path / "resumed",
                      echo=False)

@@ -42,10 +42,12 @@ def _cpu(rounds: int, n: int, threads: int | None) -> bool:
     diff = abs(o - t) / t
     verdict = "PASS" if diff <= 0.05 else "MISS"
     print(f"CPU {n}³ fp32 matmul, {torch.get_num_threads()} threads, {rounds} interleaved rounds")
-    print(f"  smml_lib.perf.timing.benchmark : {o * 1e3:8.2f} ms ({2 * n**3 / o / 1e9:.1f} GFLOP/s); rounds (ms) {[round(x * 1e3, 1) for x in ours]}")
-    print(f"  torch.utils.benchmark     : {t * 1e3:8.2f} ms ({2 * n**3 / t / 1e9:.1f} GFLOP/s); rounds (ms) {[round(x * 1e3, 1) for x in theirs]}")
+    for label, med_s, rounds_s in (("smml_lib.perf.timing.benchmark", o, ours), ("torch.utils.benchmark", t, theirs)):
+        print(f"  {label:<31}: {med_s * 1e3:8.2f} ms ({2 * n**3 / med_s / 1e9:.1f} GFLOP/s); "
+              f"rounds (ms) {[round(x * 1e3, 1) for x in rounds_s]}")
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"  load average {load:.2f} on {os.cpu_count()} cores: other processes inflate both timers alike only if they interleave")
+    print(f"  load average {load:.2f} on {os.cpu_count()} cores: "
+          "other processes inflate both timers alike only if they interleave")
     best_diff = abs(min(ours_min) - min(theirs_min)) / min(theirs_min)
     print(f"  fastest call/block: {min(ours_min) * 1e3:.2f} vs {min(theirs_min) * 1e3:.2f} ms, difference "
           f"{100 * best_diff:.2f}% (context: the floor is less sensitive to other load)")
@@ -71,7 +73,7 @@ def _gpu(rounds: int, sizes: list[int]) -> bool:
             ours.append(benchmark(fn, device=dev, warmup=10, target_s=1.0).tflops(gemm_flops(n, n, n)))
             try:
                 ms = do_bench(fn, warmup=100, rep=1000, return_mode="median")
-            except Exception as exc:
+            except Exception as exc:  # e.g. triton cannot build its launcher (no C compiler)
                 print(f"GPU: triton's do_bench failed ({type(exc).__name__}: {exc}); no comparison")
                 return False
             theirs.append(gemm_flops(n, n, n) / (ms / 1e3) / 1e12)

@@ -24,7 +24,8 @@ CASES = {
     "tiny from cache (after torch/transformers imports)": (
         "from smml_lib.models.loading import load_llama; load_llama('tiny')", {"_preload": PRELOAD}),
     "hub id with HF_HUB_OFFLINE=1, not cached": (
-        "from smml_lib.models.loading import load_llama; load_llama('meta-llama/Llama-3.2-1B')", {"HF_HUB_OFFLINE": "1"}),
+        "from smml_lib.models.loading import load_llama; load_llama('meta-llama/Llama-3.2-1B')",
+        {"HF_HUB_OFFLINE": "1"}),
     "hub id, hub unreachable (no network)": (
         "from smml_lib.models.loading import load_llama; load_llama('meta-llama/Llama-3.2-1B')",
         {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9"}),

@@ -2,7 +2,8 @@
 
 Measured: ``torch.cuda.max_memory_allocated`` on GPUs (compared with the planner's peak estimate); on a CPU
 the training worker counts the tensors themselves (parameters, gradients, Adam states, saved activations;
-compared with the planner's tensor total). Each case is a real training-worker run (``launch("train")``) through the launcher.
+compared with the planner's tensor total). Each case is a real training-worker run (``launch("train")``)
+through the launcher.
 
     smml bench planner_accuracy            # smoke sizes on a CPU, Llama-3.2-1B (8 layers) shapes on GPUs
     smml bench planner_accuracy --quick    # one process only (no DDP/FSDP launch)
@@ -53,7 +54,8 @@ def main(argv: list[str]) -> int:
     for _, r in out.iterrows():
         ok = abs(r["error_pct"]) <= TARGET_PCT
         label = r["run"] + (" +AC" if r["activation_checkpointing"] else "")
-        print(f"{label:<24} predicted {r['predicted_gb'] * 1e3:10.1f} MB  measured {r['peak_memory_gb'] * 1e3:10.1f} MB  "
+        print(f"{label:<24} predicted {r['predicted_gb'] * 1e3:10.1f} MB  "
+              f"measured {r['peak_memory_gb'] * 1e3:10.1f} MB  "
               f"error {r['error_pct']:+6.2f} %  (target within {TARGET_PCT:.0f} %)  {'PASS' if ok else 'MISS'}")
     worst = out["error_pct"].abs().max()
     print(f"worst error {worst:.2f} % -> {'PASS' if worst <= TARGET_PCT else 'MISS'}")

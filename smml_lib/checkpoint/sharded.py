@@ -234,7 +234,7 @@ class StopRequest:
         """
         def fetch(req: urllib.request.Request) -> tuple[int, str]:
             try:
-                with urllib.request.urlopen(req, timeout=timeout_s) as resp:
+                with urllib.request.urlopen(req, timeout=timeout_s) as resp:  # URL given by the user
                     return resp.status, resp.read(4096).decode("utf-8", "replace")
             except urllib.error.HTTPError as exc:
                 return exc.code, ""

@@ -113,7 +113,7 @@ def start_daemons(nodes: list[str], cpus: int, timeout_s: float) -> dict[str, An
     state: dict[str, Any] = {"conf": str(conf), "nodes": nodes, "daemons": [], "started_utc": time.time()}
     write_state(state)
     env = {"SLURM_CONF": str(conf)}
-    log = open(d / "log" / "daemons.out", "ab")
+    log = open(d / "log" / "daemons.out", "ab")  # daemons inherit it, never a pipe
 
     def start(name: str, cmd: list[str], pid_file: Path) -> None:
         exe = which(cmd[0]) or cmd[0]
@@ -177,7 +177,8 @@ def stop_daemons(timeout_s: float = 30.0, quiet: bool = False) -> DownReport:
                 run_cmd(["scancel", *ids], env=env, timeout_s=10)
                 stopped.append(f"jobs {', '.join(ids)}")
                 end = time.monotonic() + min(15.0, timeout_s / 2)
-                while time.monotonic() < end and run_cmd(["squeue", "-h", "-o", "%i"], env=env, timeout_s=5).stdout.strip():
+                squeue = ["squeue", "-h", "-o", "%i"]
+                while time.monotonic() < end and run_cmd(squeue, env=env, timeout_s=5).stdout.strip():
                     time.sleep(0.2)
         with contextlib.suppress(ClusterError):  # 2. controller and node daemons
             run_cmd(["scontrol", "shutdown"], env=env, timeout_s=10)

@@ -214,8 +214,9 @@ def follow(run: JobRun, cluster: Any = None, *, timeout_s: float = 300.0, poll_s
         if time.monotonic() > deadline:
             if cancel_on_timeout:
                 slurm_cmd(["scancel", run.job_id], env, check=False)
-            raise SlurmError(f"job {run.job_id} still {state} ({run.reason}) after {timeout_s:.0f} s"
-                             + (" and was cancelled" if cancel_on_timeout else "") + f". Last log lines:\n{run.log(15)}")
+            cancelled = " and was cancelled" if cancel_on_timeout else ""
+            raise SlurmError(f"job {run.job_id} still {state} ({run.reason}) after {timeout_s:.0f} s{cancelled}. "
+                             f"Last log lines:\n{run.log(15)}")
         time.sleep(poll_s)
 
 
@@ -265,7 +266,8 @@ def nodes_frame(cluster: Any = None) -> Any:
         f = parse_scontrol(line)
         if f:
             rows.append({"node": f.get("NodeName"), "address": f.get("NodeAddr"), "state": f.get("State"),
-                         "cpus": int(f.get("CPUTot", 0) or 0), "gres": f.get("Gres"), "partitions": f.get("Partitions")})
+                         "cpus": int(f.get("CPUTot", 0) or 0), "gres": f.get("Gres"),
+                         "partitions": f.get("Partitions")})
     return pd.DataFrame(rows)
 
 

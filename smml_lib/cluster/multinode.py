@@ -83,9 +83,11 @@ def training_summary(runs: dict[str, JobRun]) -> Any:
         rows.append({"run": label, "where": run.where, "job_id": run.job_id, "nodes": int(r["num_nodes"]),
                      "world_size": int(r["world_size"]), "backend": r["backend"], "params": int(r["params"]),
                      "step_time_s": r["step_time_s"], "tokens_per_s": r["tokens_per_s"],
-                     "final_loss": r["losses"][-1], "first_step": int(r["first_step"]), "last_step": int(r["last_step"]),
+                     "final_loss": r["losses"][-1], "first_step": int(r["first_step"]),
+                     "last_step": int(r["last_step"]),
                      "restarts": run.restarts, "resumed_from_step": r.get("resumed_from_step"),
-                     "checkpoint_bytes": r.get("checkpoint_bytes"), "save_s": r.get("save_s"), "load_s": r.get("load_s"),
+                     "checkpoint_bytes": r.get("checkpoint_bytes"), "save_s": r.get("save_s"),
+                     "load_s": r.get("load_s"),
                      "job_wall_s": run.elapsed_s, "queued_s": run.seconds_in("PENDING")})
     return pd.DataFrame(rows)
 

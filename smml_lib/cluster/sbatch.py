@@ -120,11 +120,14 @@ set -uo pipefail
 export SMML_RUN_DIR={_shell_word(str(run_dir))}   # results, per-rank logs, checkpoints: a shared folder
 export SMML_BACKEND={backend} PYTHONUNBUFFERED=1 TQDM_DISABLE=1 HF_HUB_DISABLE_PROGRESS_BARS=1
 export TORCH_ELASTIC_SHUTDOWN_TIMEOUT={max(10, job.signal_lead_s - 15)}   # SIGTERM -> SIGKILL grace for workers
-export OMP_NUM_THREADS=${{OMP_NUM_THREADS:-$(( $(nproc) / {job.nproc_per_node} > 0 ? $(nproc) / {job.nproc_per_node} : 1 ))}}   # CPU threads per process
+# CPU threads per process: the node's cores shared by its processes, at least one
+per_process=$(( $(nproc) / {job.nproc_per_node} ))
+export OMP_NUM_THREADS=${{OMP_NUM_THREADS:-$(( per_process > 0 ? per_process : 1 ))}}
 {chr(10).join(env_lines)}
 export RESTART=${{SLURM_RESTART_COUNT:-0}}
 if [ "$RESTART" -gt 0 ] && [ -d "$SMML_RUN_DIR/results" ]; then   # keep what the interrupted attempt reported
-  mkdir -p "$SMML_RUN_DIR/attempt$((RESTART - 1))" && mv "$SMML_RUN_DIR/results" "$SMML_RUN_DIR/attempt$((RESTART - 1))/"
+  previous="$SMML_RUN_DIR/attempt$((RESTART - 1))"
+  mkdir -p "$previous" && mv "$SMML_RUN_DIR/results" "$previous/"
 fi
 
 # 1. Rendezvous: the first node of the allocation hosts torchrun's c10d store, at its Slurm address.

@@ -16,7 +16,8 @@ def in_notebook() -> bool:
         return False
 
 
-def show(text: str, *, html: str | None = None, markdown: str | None = None, data: dict[str, Any] | None = None) -> None:
+def show(text: str, *, html: str | None = None, markdown: str | None = None,
+         data: dict[str, Any] | None = None) -> None:
     """Display a rich bundle in a notebook (HTML/Markdown plus custom MIME data); print ``text`` elsewhere."""
     if not in_notebook():
         print(text)

@@ -151,7 +151,7 @@ def upload_folder(local: str | os.PathLike, url: str, *, client: Any = None, end
             for f in files:  # the commit markers, after everything else has arrived
                 if f.name == COMMIT_MARKER:
                     put(f)
-        except Exception as exc:
+        except Exception as exc:  # boto3 raises many types; all become a clear StorageError
             raise explain(exc, url) from None
     return Transfer("upload", url, local, len(files), total, time.perf_counter() - t0)
 
@@ -162,7 +162,8 @@ def list_prefix(url: str, *, client: Any = None, endpoint_url: str | None = None
     client = client or s3_client(endpoint_url)
     out = []
     try:
-        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix + "/" if prefix else ""):
+        pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix + "/" if prefix else "")
+        for page in pages:
             out += [{"key": o["Key"], "size_bytes": o["Size"], "last_modified": o["LastModified"]}
                     for o in page.get("Contents", [])]
     except Exception as exc:

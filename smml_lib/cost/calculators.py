@@ -194,7 +194,8 @@ def idle_waste(telemetry: Any, usd_per_hour: float, *, util_col: str | None = No
     """
     col = util_col or next((c for c in UTIL_COLUMNS if c in telemetry.columns), None)
     if col is None:
-        raise KeyError(f"no utilization column among {UTIL_COLUMNS}; pass util_col= (columns: {list(telemetry.columns)})")
+        raise KeyError(f"no utilization column among {UTIL_COLUMNS}; pass util_col= "
+                       f"(columns: {list(telemetry.columns)})")
     dev = device_col or next((c for c in ("gpu", "device", "index") if c in telemetry.columns), None)
     if dev and telemetry[dev].isna().all():
         dev = None  # the CPU backend has gpu=None: one device, the process

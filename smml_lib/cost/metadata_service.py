@@ -40,7 +40,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
-    def do_PUT(self) -> None:
+    def do_PUT(self) -> None:  # http.server's naming
         if self.path != TOKEN_PATH:
             return self._send(404, "Not Found")
         try:
@@ -141,7 +141,7 @@ class NoticeServer:
 def get_notice(url: str, timeout_s: float = 1.0) -> dict[str, Any] | None:
     """One poll: the notice as a dict, or ``None`` on 404 (what a worker does every few seconds)."""
     try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as resp:
+        with urllib.request.urlopen(url, timeout=timeout_s) as resp:  # a URL we were given
             return json.loads(resp.read().decode())
     except urllib.error.HTTPError as exc:
         if exc.code == 404:

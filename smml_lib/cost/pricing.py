@@ -41,7 +41,8 @@ SNAPSHOT_PATH = Path(__file__).resolve().parents[1] / "data" / "prices_aws_snaps
 COURSE_INSTANCES = ("g6.xlarge", "g6.12xlarge", "g6.48xlarge", "g5.12xlarge", "p4d.24xlarge", "p5.48xlarge",
                     "trn1.32xlarge")
 # The Price List API filters on the region's display name ("location"), not its code.
-LOCATIONS = {"us-east-1": "US East (N. Virginia)", "us-east-2": "US East (Ohio)", "us-west-1": "US West (N. California)",
+LOCATIONS = {"us-east-1": "US East (N. Virginia)", "us-east-2": "US East (Ohio)",
+             "us-west-1": "US West (N. California)",
              "us-west-2": "US West (Oregon)", "eu-central-1": "EU (Frankfurt)", "eu-west-1": "EU (Ireland)",
              "eu-west-2": "EU (London)", "eu-north-1": "EU (Stockholm)", "ap-northeast-1": "Asia Pacific (Tokyo)",
              "ap-south-1": "Asia Pacific (Mumbai)", "ap-southeast-2": "Asia Pacific (Sydney)",
@@ -92,7 +93,8 @@ def snapshot_prices(instance_types: Iterable[str] = COURSE_INSTANCES, region: st
         spot = snapshot_spot(t, region)["usd_per_hour"]
         spec = snap["instances"][t]
         rows.append({"instance_type": t, "region": region, "accelerator": spec["accelerator"],
-                     "accelerators": spec["accelerator_count"], "accelerator_memory_mib": spec["accelerator_memory_mib"],
+                     "accelerators": spec["accelerator_count"],
+                     "accelerator_memory_mib": spec["accelerator_memory_mib"],
                      "on_demand_usd_per_h": od.get(t, float("nan")),
                      "spot_min_usd_per_h": spot.min() if len(spot) else float("nan"),
                      "spot_max_usd_per_h": spot.max() if len(spot) else float("nan"),
@@ -139,7 +141,8 @@ def parse_on_demand_price(price_list: list[str]) -> float:
     terms = list(product["terms"]["OnDemand"].values())
     dims = [d for term in terms for d in term["priceDimensions"].values()]
     if len(dims) != 1 or dims[0]["unit"] not in ("Hrs", "Hours"):
-        raise PriceLookupError(f"Expected one hourly price dimension, got {[(d['unit'], d['description']) for d in dims]}")
+        got = [(d["unit"], d["description"]) for d in dims]
+        raise PriceLookupError(f"Expected one hourly price dimension, got {got}")
     return float(dims[0]["pricePerUnit"]["USD"])
 
 

@@ -121,7 +121,7 @@ class _Watched:
     def _wait(self) -> None:
         try:
             self.result = self.job.wait()
-        except BaseException as exc:
+        except BaseException as exc:  # handed to the main thread
             self.error = exc
 
     def lines(self) -> list[str]:
@@ -207,7 +207,8 @@ def run_baseline(cfg: DrillConfig, workdir: Path) -> tuple[Any, dict[str, Any]]:
     return df, _params(df.attrs["run_dir"], cfg.strategy)
 
 
-def run_scenario(cfg: DrillConfig, workdir: Path, scenario: str, baseline: tuple[Any, dict[str, Any]]) -> dict[str, Any]:
+def run_scenario(cfg: DrillConfig, workdir: Path, scenario: str,
+                 baseline: tuple[Any, dict[str, Any]]) -> dict[str, Any]:
     """Interrupt a run (``"notice"``, ``"sigterm"`` or ``"kill"``), resume it, compare with the baseline."""
     if scenario not in ("notice", "sigterm", "kill"):
         raise ValueError(f"scenario {scenario!r}: use 'notice', 'sigterm' or 'kill'")

@@ -128,8 +128,9 @@ def checkpoint_interval_sweep(intervals_h: Sequence[float], *, work_h: float, ch
     return pd.DataFrame(rows)
 
 
-def plot_checkpoint_interval(checkpoint_cost_h: float, restart_h: float, mtbf_h: float, *, current_h: float | None = None,
-                             name: str = "m04_checkpoint_interval", title: str = "") -> Any:
+def plot_checkpoint_interval(checkpoint_cost_h: float, restart_h: float, mtbf_h: float, *,
+                             current_h: float | None = None, name: str = "m04_checkpoint_interval",
+                             title: str = "") -> Any:
     """The U-curve: expected overhead against the checkpoint interval, with Young's, Daly's and the exact optimum.
 
     Returns the sweep DataFrame (minutes on the x axis)."""

@@ -55,7 +55,8 @@ def check_number(exercise: str, answer: Any, expected: float, *, rtol: float = 0
                  unit: str = "", why: str = "") -> ExerciseResult:
     """Check a numeric answer against ``expected`` within ``rtol`` (relative) or ``atol`` (absolute)."""
     if answer is None:
-        return _report(exercise, "unanswered", "not answered yet: replace None with your answer and run the cell again.")
+        return _report(exercise, "unanswered",
+                       "not answered yet: replace None with your answer and run the cell again.")
     try:
         value = float(answer)
     except (TypeError, ValueError):
@@ -63,7 +64,8 @@ def check_number(exercise: str, answer: Any, expected: float, *, rtol: float = 0
     tol = max(atol, rtol * abs(expected))
     unit_s = f" {unit}" if unit else ""
     if math.isfinite(value) and abs(value - expected) <= tol:
-        return _report(exercise, "correct", f"{value:,.4g}{unit_s} is within {rtol:.0%} of {expected:,.4g}{unit_s}. {why}".strip())
+        near = f"{value:,.4g}{unit_s} is within {rtol:.0%} of {expected:,.4g}{unit_s}."
+        return _report(exercise, "correct", f"{near} {why}".strip())
     off = (value - expected) / expected if expected else float("inf")
     return _report(exercise, "incorrect", f"{value:,.4g}{unit_s} is {off:+.0%} off (expected about "
                                           f"{expected:,.4g}{unit_s}). Hint: {why}".strip())

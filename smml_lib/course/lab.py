@@ -103,7 +103,8 @@ class Lab:
         failed = [name for name, ok in checks.items() if not bool(ok)]
         lines = [("✗ " if name in failed else "✓ ") + name for name in checks]
         elapsed = time.perf_counter() - self.started
-        summary = f"{self.name}: {len(checks) - len(failed)}/{len(checks)} checks passed in {elapsed:.1f} s ({self.mode} mode)"
+        passed = len(checks) - len(failed)
+        summary = f"{self.name}: {passed}/{len(checks)} checks passed in {elapsed:.1f} s ({self.mode} mode)"
         show("\n".join([summary, *lines]),
              html=f"<b>{html.escape(summary)}</b><br>" + "<br>".join(html.escape(x) for x in lines),
              data={CHECK_MIME: {"lab": self.name, "passed": len(checks) - len(failed), "total": len(checks),

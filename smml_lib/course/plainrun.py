@@ -118,7 +118,7 @@ def run_notebook(notebook: Path | str, parameters: dict[str, Any] | None = None)
                 if "parameters" in cell.tags and injected:
                     print(f"(parameters given: {', '.join(f'{k}={v!r}' for k, v in parameters.items())})")
                     _run_cell(injected, namespace, f"<{notebook.name} injected parameters>")
-            except BaseException as exc:
+            except BaseException as exc:  # a lab's failure is reported, not raised
                 if isinstance(exc, KeyboardInterrupt):
                     raise
                 run.status, run.error_cell, run.error = "failed", cell.number, traceback.format_exc()

@@ -20,7 +20,8 @@ h1{margin-bottom:.2rem} .sub{color:#666;margin-top:0}
 table{border-collapse:collapse;width:100%;margin:1rem 0;font-size:.92rem}
 th,td{border-bottom:1px solid #ddd;padding:.35rem .5rem;text-align:left;vertical-align:top}
 th{background:#f4f4f4} .passed{color:#11772b;font-weight:600} .failed{color:#b00020;font-weight:600}
-.ok{color:#11772b} .warn{color:#a06000} .missing{color:#b00020} .err{font-family:monospace;font-size:.85rem;color:#b00020}
+.ok{color:#11772b} .warn{color:#a06000} .missing{color:#b00020}
+.err{font-family:monospace;font-size:.85rem;color:#b00020}
 .fig{white-space:nowrap} code{background:#f4f4f4;padding:0 .2rem}
 """
 
@@ -40,7 +41,8 @@ def _doctor_table() -> str:
         return f"<p class='err'>smml doctor failed: {html.escape(str(exc))}</p>"
     rows = "".join(
         f"<tr><td>{html.escape(str(r.check))}</td><td>{html.escape(str(r.value))}</td>"
-        f"<td class='{html.escape(str(r.verdict))}'>{html.escape(str(r.verdict))}</td><td>{html.escape(str(r.fix))}</td></tr>"
+        f"<td class='{html.escape(str(r.verdict))}'>{html.escape(str(r.verdict))}</td>"
+        f"<td>{html.escape(str(r.fix))}</td></tr>"
         for r in df.itertuples())
     return f"<table><tr><th>check</th><th>value</th><th>verdict</th><th>fix</th></tr>{rows}</table>"
 
@@ -88,10 +90,12 @@ def write_report(runs: list[Any], run_dir: Path, parameters: dict[str, Any], *, 
 <p class='sub'>{_dt.datetime.now().isoformat(timespec='seconds')} · parameters: <code>{html.escape(params)}</code></p>
 <h2>Result: <span class='{'passed' if passed == len(runs) else 'failed'}'>{passed}/{len(runs)} labs passed</span>
 in {total_s:.0f} s</h2>
-<table><tr><th>lab</th><th>status</th><th>duration</th><th>checks</th><th>key figures</th><th>executed notebook</th></tr>
+<table><tr><th>lab</th><th>status</th><th>duration</th><th>checks</th><th>key figures</th>
+<th>executed notebook</th></tr>
 {''.join(rows)}</table>
 <h2>Machine (smml doctor)</h2>{_doctor_table()}
-<p class='sub'>Figures and results of this run: <code>outputs/</code> in this folder. Machine-readable: <code>summary.json</code>.</p>
+<p class='sub'>Figures and results of this run: <code>outputs/</code> in this folder.
+Machine-readable: <code>summary.json</code>.</p>
 </body></html>"""
     index = run_dir / "index.html"
     index.write_text(page)

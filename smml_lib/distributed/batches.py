@@ -85,9 +85,10 @@ class StepData:
         return self.tokens[idx]
 
     def local_batch(self, step: int, rank: int = 0, world_size: int = 1) -> tuple[Any, Any]:
-        """This rank's slice of step ``step``: ``(inputs, targets)``, each ``(global_batch_size / world_size, seq_len)``.
+        """This rank's slice of step ``step``: ``(inputs, targets)``.
 
-        Targets are the inputs shifted by one token: position ``t`` learns to predict token ``t + 1``.
+        Each is a ``(global_batch_size / world_size, seq_len)`` tensor. Targets are the inputs shifted by one
+        token: position ``t`` learns to predict token ``t + 1``.
         """
         if self.global_batch_size % world_size:
             raise ValueError(f"global batch {self.global_batch_size} does not split evenly over {world_size} ranks; "

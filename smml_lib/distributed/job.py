@@ -163,7 +163,8 @@ class Job:
                 self.kill()
                 raise LaunchTimeout(f"{self._name()} still running after {timeout_s or self.timeout_s:.0f} s: killed "
                                     f"(all processes of the job ended). Ranks without a result: "
-                                    f"{self._missing_ranks() or 'none'}. Last output before the kill:\n" + "\n".join(before))
+                                    f"{self._missing_ranks() or 'none'}. Last output before the kill:\n"
+                                    + "\n".join(before))
         self._drain()
         if self.leftovers():  # torchrun is gone; a worker outlived it (should not happen): end it
             self.kill()
@@ -240,7 +241,9 @@ def failure_message(run_dir: Path, returncode: int | None, tail: list[str]) -> t
         log_tail = "\n".join(logs[-1].read_text(errors="replace").rstrip().splitlines()[-14:])
     if rank is None:
         return (f"torchrun exited with code {returncode} and no rank reported an error (a bad command line, or a rank "
-                "killed by a signal, e.g. SIGKILL from the out-of-memory killer). Last output:\n" + "\n".join(tail[-14:]),
+                "killed by a signal, e.g. SIGKILL from the out-of-memory killer). Last output:\n"
+                + "\n".join(tail[-14:]),
                 None, None, "")
     return (f"rank {rank} ended without a Python traceback (exit code {returncode}: killed by a signal, e.g. SIGKILL "
-            "from the out-of-memory killer?). Last output:\n" + (log_tail or "\n".join(tail[-14:])), rank, None, log_tail)
+            "from the out-of-memory killer?). Last output:\n" + (log_tail or "\n".join(tail[-14:])),
+            rank, None, log_tail)

@@ -200,7 +200,7 @@ def run_worker(main: Callable[[list[str]], int | None], argv: list[str] | None =
     folder = _peek_run_dir(argv)
     try:
         code = record(main)(argv)  # also writes torchrun's TORCHELASTIC_ERROR_FILE: its summary shows the traceback
-    except BaseException as exc:
+    except BaseException as exc:  # record everything, including KeyboardInterrupt
         if not isinstance(exc, SystemExit) or exc.code not in (0, None):
             write_error(exc, folder)
         raise

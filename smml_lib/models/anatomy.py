@@ -78,7 +78,8 @@ class ModelDims:
         c = _config_dict(config)
         heads = c["num_attention_heads"]
         return cls(vocab_size=c["vocab_size"], hidden_size=c["hidden_size"], intermediate_size=c["intermediate_size"],
-                   num_layers=c["num_hidden_layers"], num_heads=heads, num_kv_heads=c.get("num_key_value_heads") or heads,
+                   num_layers=c["num_hidden_layers"], num_heads=heads,
+                   num_kv_heads=c.get("num_key_value_heads") or heads,
                    head_dim=c.get("head_dim") or c["hidden_size"] // heads,
                    tie_word_embeddings=bool(c.get("tie_word_embeddings", False)),
                    attention_bias=bool(c.get("attention_bias")), mlp_bias=bool(c.get("mlp_bias")))

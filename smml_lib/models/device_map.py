@@ -150,12 +150,14 @@ def load_planned(model_id: str, plan: DeviceMapPlan, *, simulate: bool | None = 
         how = "cuda.memory_allocated per GPU"
     frame["measured_bytes"] = [measured.get(d, 0) for d in frame["device"]]
     frame["measured_gb"] = frame["measured_bytes"] / 1e9
-    frame["error_pct"] = [100 * (p - m) / m if m else 0.0 for p, m in zip(frame["predicted_bytes"], frame["measured_bytes"])]
+    frame["error_pct"] = [100 * (p - m) / m if m else 0.0
+                          for p, m in zip(frame["predicted_bytes"], frame["measured_bytes"])]
     frame.attrs["how"] = how
     return model, tok, frame
 
 
-def simulated_max_memory(model_id: str, num_devices: int = 4, dtype: str = "fp32", fraction: float = 0.9) -> dict[int, int]:
+def simulated_max_memory(model_id: str, num_devices: int = 4, dtype: str = "fp32",
+                         fraction: float = 0.9) -> dict[int, int]:
     """Pretend devices that are each ``fraction`` x the model's size: the model needs more than one of them
     (as 26 GB of Llama-2-13B needs more than one 24 GB L4). For smoke mode."""
     plan = plan_device_map(model_id, {i: 1 << 40 for i in range(num_devices)}, dtype)

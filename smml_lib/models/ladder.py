@@ -39,7 +39,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import StaticCache
 
-from smml_lib.common.device import device_name, resolve_dtype, synchronize
+from smml_lib.common.device import device_name, dtype_name, resolve_dtype, synchronize
 from smml_lib.models import anatomy
 from smml_lib.models.inference import (
     DEFAULT_PROMPT,
@@ -248,7 +248,8 @@ def measure_rung(model: Any, tokenizer: Any, rung: Rung, *, prompt_tokens: int, 
     warm_s = time.perf_counter() - t0
     runs = [run() for _ in range(repeats)]
     tpot = float(np.median([r.tpot_s for r in runs]))
-    return {"rung": rung.name, "change": rung.change, "dtype": rung.dtype, "attn": rung.attn, "kv_cache": rung.use_cache,
+    return {"rung": rung.name, "change": rung.change, "dtype": rung.dtype, "attn": rung.attn,
+            "kv_cache": rung.use_cache,
             "static_compile": rung.static_compile, "batch_size": batch_size, "prompt_tokens": prompt_tokens,
             "new_tokens": new_tokens, "ttft_s": float(np.median([r.ttft_s for r in runs])), "tpot_s": tpot,
             "decode_tokens_per_s": batch_size / tpot, "first_call_s": first_call_s, "warmup_run_s": warm_s,
@@ -309,7 +310,7 @@ def batch_sweep(model: Any, tokenizer: Any, batch_sizes: list[int], *, prompt_to
     the roofline prediction ``predicted_tpot_s`` for each batch size (at the typical context of a step).
     """
     decoder = StaticDecoder(model, max_cache_len=prompt_tokens + new_tokens) if static_compile else None  # step scope
-    dtype = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}[str(next(model.parameters()).dtype).replace("torch.", "")]
+    dtype = dtype_name(next(model.parameters()).dtype)
     rung = Rung("batch", dtype, model.config._attn_implementation or "sdpa", True, static_compile)
     rows = []
     for bs in tqdm(batch_sizes, desc="batch sizes", disable=not progress, leave=False):
@@ -326,7 +327,8 @@ def batch_sweep(model: Any, tokenizer: Any, batch_sizes: list[int], *, prompt_to
     if copy_gbps and matmul_tflops:
         cached = Rung("kv_cache", rung.dtype, rung.attn, True)
         df["predicted_tpot_s"] = [predict_tpot_s(model.config, cached, batch_size=int(b), context_len=ctx,
-                                                 copy_gbps=copy_gbps, matmul_tflops=matmul_tflops) for b in df["batch_size"]]
+                                                 copy_gbps=copy_gbps, matmul_tflops=matmul_tflops)
+                                  for b in df["batch_size"]]
     return df
 
 

@@ -85,7 +85,8 @@ def _bytes(elements: dict[int, float]) -> float:
     return sum(size * n for size, n in elements.items())
 
 
-def activation_bytes(cfg: Any, tokens: int, mode: str = "fp32", activation_checkpointing: bool = False) -> dict[str, float]:
+def activation_bytes(cfg: Any, tokens: int, mode: str = "fp32",
+                     activation_checkpointing: bool = False) -> dict[str, float]:
     """Saved activation bytes for ``tokens`` tokens in one forward: ``saved`` and, with checkpointing,
     ``recompute`` (one layer's activations rebuilt during backward; transient)."""
     m = ModelDims.of(_config(cfg))
@@ -151,7 +152,8 @@ def training_memory(cfg: Any, *, strategy: str = "ddp", num_gpus: int = 1, micro
     rows = [("weights", weights, "fp32 master weights" + (f", 1/{n}" if sharded else "")),
             ("gradients", grads, "fp32" + (f", 1/{n}" if grads < 4 * P else "")),
             ("optimizer", optim, "AdamW m + v in fp32" + (f", 1/{n}" if optim < 8 * P else "")),
-            ("activations", act["saved"], f"{tokens:,} tokens/GPU, {mode}" + (", checkpointed" if activation_checkpointing else "")),
+            ("activations", act["saved"],
+             f"{tokens:,} tokens/GPU, {mode}" + (", checkpointed" if activation_checkpointing else "")),
             ("gathered_params", gathered, "FSDP: unsharded parameters held during forward/backward"),
             ("mp_weight_copies", copies, "autocast's bf16 weight copies saved for backward")]
     df = pd.DataFrame(rows, columns=["component", "bytes", "note"])

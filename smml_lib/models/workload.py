@@ -39,7 +39,8 @@ def llama_layer_shapes(config: Any, tokens: int, *, include_head: bool = True) -
     return shapes
 
 
-def sweep_llama(config: Any, tokens: list[int], dtype: str = "bf16", device: Any = "cpu", **kwargs: Any) -> pd.DataFrame:
+def sweep_llama(config: Any, tokens: list[int], dtype: str = "bf16", device: Any = "cpu",
+                **kwargs: Any) -> pd.DataFrame:
     """Time a Llama layer's GEMMs for each token count (M); adds a ``tokens`` column."""
     shapes = [s for t in tokens for s in llama_layer_shapes(config, t)]
     df = sweep(shapes, dtype, device, **kwargs)

@@ -57,19 +57,23 @@ _FACTS = "shared/reference/hardware-aws-facts.md"
 # fmt: off
 SPECS: list[AcceleratorSpec] = [
     AcceleratorSpec("L4", r"\bL4\b", 30.3, 60, 121, 121, 242, 24, 300, 48, 58, 72, "PCIe Gen4 x16, no NVLink",
-                    f"GPUSPECS dense figures (datasheet's 242 bf16 is sparse); 300 GB/s, 72 W: GRK; 58 SMs, 48 MiB L2: L4 deviceQuery [{_FACTS}]"),
+                    "GPUSPECS dense figures (datasheet's 242 bf16 is sparse); 300 GB/s, 72 W: GRK; "
+                    f"58 SMs, 48 MiB L2: L4 deviceQuery [{_FACTS}]"),
     AcceleratorSpec("A10G", r"\bA10G\b", 35, 35, 70, 70, None, 24, 600, 6, 80, 300, "PCIe Gen4, no NVLink on g5",
-                    f"AWS A10G datasheet via FLOPREF/MFU-NOTE transcriptions; 80 SMs GPUMODE; 6 MiB L2 from A10 deviceQuery [{_FACTS}]"),
+                    "AWS A10G datasheet via FLOPREF/MFU-NOTE transcriptions; 80 SMs GPUMODE; "
+                    f"6 MiB L2 from A10 deviceQuery [{_FACTS}]"),
     AcceleratorSpec("A10", r"\bA10\b(?!G)", 31.2, 62.5, 125, 125, None, 24, 600, 6, 72, 150, "PCIe Gen4",
                     f"A10 datasheet via Lightning _CUDA_FLOPS and gpu-specs; 600 GB/s Baseten [{_FACTS}]"),
     AcceleratorSpec("T4", r"\bT4\b", 8.1, None, None, 65, None, 16, 320, 4, 40, 70, "PCIe Gen3 x16",
-                    f"T4 datasheet via Lightning; 40 SMs, 4 MiB L2 deviceQuery; 320 GB/s sysrqmts (no bf16) [{_FACTS}]"),
+                    "T4 datasheet via Lightning; 40 SMs, 4 MiB L2 deviceQuery; "
+                    f"320 GB/s sysrqmts (no bf16) [{_FACTS}]"),
     AcceleratorSpec("L40S", r"\bL40S\b", 91.6, 183, 362, 362, 733, 48, 864, None, 142, 350, "PCIe Gen4 x16, no NVLink",
                     f"stas00/ml-engineering dense table; 864 GB/s sourcecode.com; SMs derived 18176/128 [{_FACTS}]"),
     AcceleratorSpec("A100 40GB SXM", r"A100.*SXM.*40", 19.5, 156, 312, 312, None, 40, 1555, 40, 108, 400,
                     "NVLink3 300 GB/s per direction", f"stas00/ml-engineering; 1555 GB/s NVIDIA PB-10577 [{_FACTS}]"),
     AcceleratorSpec("A100 80GB SXM", r"A100.*SXM.*80", 19.5, 156, 312, 312, None, 80, 2039, 40, 108, 400,
-                    "NVLink3 300 GB/s per direction", f"stas00/ml-engineering; 2039 GB/s elvispolimi/profile-scripts [{_FACTS}]"),
+                    "NVLink3 300 GB/s per direction",
+                    f"stas00/ml-engineering; 2039 GB/s elvispolimi/profile-scripts [{_FACTS}]"),
     AcceleratorSpec("H100 SXM", r"H100(?!.*(PCIe|NVL)).*(HBM3|SXM)", 67, 494.5, 989, 989, 1979, 80, 3350, 50, 132, 700,
                     "NVLink4 450 GB/s per direction", f"stas00/ml-engineering dense table [{_FACTS}]"),
     AcceleratorSpec("H100 PCIe", r"H100.*PCIe", 51, 378, 756, 756, 1513, 80, 2000, 50, 114, 350, "PCIe Gen5",

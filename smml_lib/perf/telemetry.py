@@ -156,7 +156,8 @@ class Sampler:
             return df
         if "energy_mj" in df:
             e0 = df["gpu"].map(lambda i: self._energy0.get(i))
-            df["energy_j"] = (pd.to_numeric(df["energy_mj"], errors="coerce") - pd.to_numeric(e0, errors="coerce")) / 1e3
+            used_mj = pd.to_numeric(df["energy_mj"], errors="coerce") - pd.to_numeric(e0, errors="coerce")
+            df["energy_j"] = used_mj / 1e3
             df = df.drop(columns=["energy_mj"])
         return df
 
@@ -201,8 +202,9 @@ class Sampler:
 
     def plot(self, metrics: list[str] | None = None, *, name: str | None = None, title: str | None = None) -> Any:
         """Timeline of the samples with the phases shaded (see ``plot_timeline``)."""
+        label = f" · {self.label}" if self.label else ""
         return plot_timeline(self.frame, self.phases_frame(), metrics=metrics, name=name,
-                             title=title or f"Telemetry ({self.backend.name} backend){' · ' + self.label if self.label else ''}")
+                             title=title or f"Telemetry ({self.backend.name} backend){label}")
 
 
 _LABELS = {"util_gpu_pct": "GPU util (%)", "power_w": "power (W)", "sm_clock_mhz": "SM clock (MHz)",
@@ -221,7 +223,8 @@ def plot_timeline(samples: Any, phases: Any = None, *, metrics: list[str] | None
         return None
     default = ["util_gpu_pct", "power_w", "sm_clock_mhz", "mem_used_gb"] if "util_gpu_pct" in samples else [
         "cpu_percent", "rss_gb"]
-    metrics = [m for m in (metrics or default) if m in samples and pd.to_numeric(samples[m], errors="coerce").notna().any()]
+    metrics = [m for m in (metrics or default)
+               if m in samples and pd.to_numeric(samples[m], errors="coerce").notna().any()]
     if not metrics:
         return None
     fig, axes = plots.figure(len(metrics), 1, size=(8, 1.9 * len(metrics) + 0.6), title=title)

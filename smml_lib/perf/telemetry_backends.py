@@ -76,7 +76,8 @@ class NvmlBackend:
             return None
 
     def energy_mj(self) -> dict[int, float | None]:
-        return {i: self._get("energy", self.mod.nvmlDeviceGetTotalEnergyConsumption, h) for i, h in self.handles.items()}
+        total = self.mod.nvmlDeviceGetTotalEnergyConsumption
+        return {i: self._get("energy", total, h) for i, h in self.handles.items()}
 
     def read(self) -> list[dict[str, Any]]:
         m, now = self.mod, time.perf_counter()

@@ -107,7 +107,8 @@ def main(argv: list[str]) -> int:
             busbw = size / med / 1e9 * bus_factor(op, env.world_size)
             rows.append({"op": op, "size_bytes": size, "time_s": med, "spread": spread, "iters": len(s),
                          "world_size": env.world_size, "num_nodes": env.num_nodes, "backend": env.backend,
-                         "dtype": args.dtype, "device_name": device_name(env.device), "host": env.describe()["hostname"],
+                         "dtype": args.dtype, "device_name": device_name(env.device),
+                         "host": env.describe()["hostname"],
                          "busbw_gbps": busbw})
             print0(f"{op:>15} {size / 2**20:10.3f} MiB  {med * 1e6:10.1f} us  busbw {busbw:7.2f} GB/s", env=env)
     write_result(rows, env, tag="collectives", folder=args.run_dir)
