@@ -102,3 +102,15 @@ def pytest_sessionfinish(session, exitstatus):
         import shutil
 
         shutil.rmtree(_CREATED_OUTPUT_DIR, ignore_errors=True)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``gpu`` need a CUDA GPU: on a CPU-only machine (CI) they are skipped with that reason."""
+    import torch  # deferred: CUDA_VISIBLE_DEVICES above must be set before torch looks for GPUs
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU: on a GPU machine run SMML_TEST_GPU=1 pytest -m gpu")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

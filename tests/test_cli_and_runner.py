@@ -12,6 +12,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from smml_lib import benchmarks
 from smml_lib.course.jupyter_kernel import kernel_spec_dict
 from smml_lib.course.runner import check_parameters
 
@@ -94,3 +95,15 @@ def test_course_script_usage():
     assert out.returncode == 2 and "course.sh labs" in out.stdout and "course.sh test" in out.stdout
     ci = (script.parent.parent / ".ci" / "run").read_text()
     assert "exec bash scripts/course.sh test" in textwrap.dedent(ci)
+
+
+def test_bench_list_names_every_benchmark_without_importing_them():
+    code = ("import sys; from smml_lib import benchmarks; names = benchmarks.available(); "
+            "print(sorted(names)); print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60).stdout.splitlines()
+    files = sorted(p.stem for p in (Path(benchmarks.__file__).parent).glob("[!_]*.py"))
+    assert out == [str(files), "False"]  # every module listed; none imported (no torch for a listing)
+    listed = _smml("bench", "--list")
+    assert listed.returncode == 0 and "serving_soak" in listed.stdout and "Soak:" in listed.stdout
+    unknown = _smml("bench", "no_such")
+    assert unknown.returncode == 2 and "smml bench --list" in unknown.stdout
