@@ -121,7 +121,7 @@ def purchase_options(on_demand_usd_per_h: float, *, spot_usd_per_h: float | None
                      terms: CommitmentTerms | None = None, price_basis: str = "price table") -> Any:
     """The purchase options for one instance type side by side (per instance-hour).
 
-    ``spot_overhead`` = expected wall time / work (from ``spotcalc.spot_run``): spot's price per *useful* hour is
+    ``spot_overhead`` = expected wall time / work (from ``spot_economics.spot_run``): spot's price per *useful* hour is
     spot price × overhead. Break-even utilization is given for the options that bill committed hours.
     """
     terms = terms or CommitmentTerms()
