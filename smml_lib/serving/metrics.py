@@ -10,7 +10,7 @@ arrived*. Production servers (vLLM, TGI) export these through ``prometheus_clien
 - ``smml_prompt_tokens_total`` / ``smml_generation_tokens_total``: tokens read and written;
 - ``smml_time_to_first_token_seconds``, ``smml_inter_token_latency_seconds``, ``smml_e2e_request_latency_seconds``:
   histograms (buckets 10% apart, so a quantile read from them is within a few percent);
-- ``smml_num_sequences_running`` / ``_waiting`` and ``smml_batch_slots_used`` / ``_total``: read live from the
+- ``smml_num_sequences_running`` / ``_waiting`` and ``smml_batch_slots_used`` / ``_max``: read live from the
   schedulers at every scrape.
 
 Each server has its own ``CollectorRegistry`` (tests run several in one process). ``scrape`` reads the
@@ -59,7 +59,7 @@ class ServerMetrics:
         gauges = {"smml_num_sequences_running": ("Sequences in the decode batch", "running"),
                   "smml_num_sequences_waiting": ("Sequences waiting for a slot", "waiting"),
                   "smml_batch_slots_used": ("Batch slots in use", "running"),
-                  "smml_batch_slots_total": ("Batch slots (max_batch)", "max_batch")}
+                  "smml_batch_slots_max": ("Batch slots (max_batch)", "max_batch")}
         stats = self._stats()
         for name, (doc, key) in gauges.items():
             family = GaugeMetricFamily(name, doc, labels=["model"])
