@@ -278,7 +278,9 @@ def test_subprocess_server_exits_when_the_process_that_started_it_is_killed():
     finally:
         parent.kill()  # SIGKILL: no atexit hook runs, only the server's own watchdog can notice
         parent.wait()
-    gone = lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    def gone():
+        return not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
     assert _wait_until(gone, timeout_s=20), "the server outlived the process that started it"
 
 

@@ -122,3 +122,25 @@ def histogram_quantile(samples: dict, name: str, q: float, **labels: str) -> flo
             return lower + (le - lower) * (rank - below) / max(buckets[le] - below, 1e-12)
         lower, below = le, buckets[le]
     return lower
+
+
+def compare_views(samples: dict, requests: Any, model: str) -> Any:
+    """The server's view of a load level (a ``delta`` of two scrapes) beside the load generator's per-request frame.
+
+    One row per figure: requests answered 200, prompt and generated tokens (must be equal), TTFT p50 (the
+    server measures from the request's arrival, the client from sending it: they should agree within 10%).
+    The server's TTFT counts every answered request, so this compares streamed levels (the client sees TTFT
+    only when streaming).
+    """
+    import pandas as pd  # deferred: only the lab's comparison needs a table
+
+    ok = requests[requests["ok"]]
+    server_ttft = histogram_quantile(samples, "smml_time_to_first_token_seconds", 0.5, model=model)
+    rows = [("requests answered 200", total(samples, "smml_requests_total", model=model, outcome="ok"), len(ok)),
+            ("prompt tokens", total(samples, "smml_prompt_tokens_total", model=model), ok["prompt_tokens"].sum()),
+            ("generated tokens", total(samples, "smml_generation_tokens_total", model=model),
+             ok["output_tokens"].sum()),
+            ("TTFT p50 (ms)", 1e3 * server_ttft, 1e3 * float(ok["ttft_s"].median()))]
+    df = pd.DataFrame(rows, columns=["figure", "server (/metrics)", "load generator"])
+    df["server / client"] = df["server (/metrics)"] / df["load generator"]
+    return df
