@@ -7,8 +7,9 @@ Endpoints: ``POST /v1/completions`` and ``POST /v1/chat/completions`` (OpenAI's 
 In front of the routes sits one small ASGI middleware, ``guard``, which does what must happen before a
 body is parsed: it notes the arrival time (the server's TTFT starts there), answers 503 while the server
 drains, and reads the body under a byte limit: a body over ``max_body_bytes`` gets 413 as soon as its
-``Content-Length`` says so (or as soon as the bytes read pass the limit), and the rest is read and thrown
-away in small chunks, so the client receives the answer and no other request waits for it. The routes
+``Content-Length`` says so, unread (uvicorn then closes that connection), or as soon as the bytes of a
+chunked body pass the limit (the rest is read and thrown away in small chunks, so the client receives the
+answer). No other request waits for it. The routes
 parse JSON themselves: a wrong content type, bad JSON and a schema error each get a 400 that says which.
 """
 
@@ -56,8 +57,7 @@ def guard(app: Any, service: CompletionService, max_body_bytes: int) -> Any:
         too_big = ApiError(413, f"the request body is larger than this server's limit of {max_body_bytes} bytes "
                                 "(--max-body-bytes)", code="request_too_large")
         if declared is not None and declared.isdigit() and int(declared) > max_body_bytes:
-            await _discard(receive, int(declared))
-            return await _send_error(send, too_big)
+            return await _send_error(send, too_big)  # unread: uvicorn closes the connection after the answer
         chunks, size, more = [], 0, True
         while more:
             message = await receive()
