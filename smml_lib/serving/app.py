@@ -146,7 +146,8 @@ def create_app(service: CompletionService, *, max_body_bytes: int = 2**20) -> An
         name, outcome = request.body.model, "ok"
         try:
             service.submit(request)
-            if request.body.stream:
+            if request.body.stream:  # the stream counts its own outcome when it ends
+                outcome = None
                 return StreamingResponse(service.stream(request), media_type="text/event-stream",
                                          headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
             watcher = asyncio.ensure_future(_watch_disconnect(http_request, request.queue))
@@ -156,7 +157,8 @@ def create_app(service: CompletionService, *, max_body_bytes: int = 2**20) -> An
             outcome = {429: "rejected", 499: "disconnected", 503: "aborted"}.get(exc.status, fallback)
             raise
         finally:
-            service.metrics.requests.labels(name, endpoint, outcome).inc()
+            if outcome is not None:
+                service.metrics.requests.labels(name, endpoint, outcome).inc()
 
     @app.post("/v1/completions")
     async def completions(http_request: Request) -> Any:

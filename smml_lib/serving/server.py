@@ -258,13 +258,14 @@ class CompletionService:
         Every way out ends with ``[DONE]``: a model error or the server's shutdown sends an OpenAI-shaped error
         event first, so a client can tell a cut stream from a finished one.
         """
-        started = [False] * len(request.choices)
+        started, outcome = [False] * len(request.choices), "disconnected"
         try:
             while not request.done:
                 event = await request.queue.get()
                 try:
                     applied = self.apply(request, event)
                 except ApiError as exc:
+                    outcome = "aborted" if exc.status == 503 else "server_error"
                     yield sse(exc.body())
                     break
                 if applied is not None:
@@ -276,9 +277,12 @@ class CompletionService:
                 opts = request.body.stream_options
                 if opts is not None and opts.include_usage:
                     yield sse(request.chunk([], request.usage(), final=False))
+                outcome = "ok"
             yield sse("[DONE]")
         finally:  # normal end, client gone (the response task is cancelled), or server shutdown
             self.release(request, "disconnected")
+            endpoint = "chat" if request.chat else "completions"
+            self.metrics.requests.labels(request.body.model, endpoint, outcome).inc()
 
     async def drain(self) -> None:
         """Stop accepting (503), end waiting sequences, give running ones ``drain_timeout_s``, then end the rest."""
