@@ -46,7 +46,8 @@ class ServerMetrics:
                                      registry=reg)
         self.generation_tokens = Counter("smml_generation_tokens", "Generated tokens delivered to requests",
                                          ["model"], registry=reg)
-        self.ttft = Histogram("smml_time_to_first_token_seconds", "Request arrival to its first token", ["model"],
+        self.ttft = Histogram("smml_time_to_first_token_seconds",
+                              "Request arrival to its first token (streamed: to its first chunk sent)", ["model"],
                               buckets=LATENCY_BUCKETS_S, registry=reg)
         self.itl = Histogram("smml_inter_token_latency_seconds", "Time between two tokens of one sequence",
                              ["model"], buckets=LATENCY_BUCKETS_S, registry=reg)

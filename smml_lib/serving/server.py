@@ -226,7 +226,7 @@ class CompletionService:
             m.generation_tokens.labels(name).inc()
             if choice.ids:
                 m.itl.labels(name).observe(now - request.t_last_s[index])
-            else:
+            elif not request.body.stream:  # streamed: observed once the first chunk is on its way (``stream``)
                 m.ttft.labels(name).observe(now - request.t_arrival_s)
             request.t_last_s[index] = now
         delta = choice.add(token, reason)
@@ -272,6 +272,8 @@ class CompletionService:
                     index, delta, finish = applied
                     yield sse(request.chunk([request.choice(index, delta, finish, True, not started[index])],
                                             final=False))
+                    if not started[index] and request.choices[index].ids:  # the client's clock stops about now
+                        self.metrics.ttft.labels(request.body.model).observe(time.perf_counter() - request.t_arrival_s)
                     started[index] = True
             else:
                 opts = request.body.stream_options
