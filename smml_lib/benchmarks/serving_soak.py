@@ -33,7 +33,6 @@ import time
 from typing import Any
 
 import httpx
-import openai
 
 from smml_lib.common.device import cpu_name, device_name
 from smml_lib.serving import loadgen
@@ -51,8 +50,10 @@ def _shaped(response: httpx.Response | None) -> bool:
         return False
 
 
-async def _one(client: openai.AsyncOpenAI, model: str, i: int, rng: random.Random) -> str:
+async def _one(client: Any, model: str, i: int, rng: random.Random) -> str:
     """One request; returns "ok", "429", "shaped" (another OpenAI-shaped error) or "lost: ..." / "unshaped: ..."."""
+    import openai  # deferred: the dev extra; `smml bench --list` imports every benchmark
+
     prompt, tokens, stream = loadgen.make_prompts(1, seed=i)[0], rng.randint(4, 32), i % 3 == 0
     extra = {"ignore_eos": True}
     try:
@@ -82,6 +83,8 @@ async def _one(client: openai.AsyncOpenAI, model: str, i: int, rng: random.Rando
 
 
 async def _soak_requests(base_url: str, model: str, n: int, concurrency: int, seed: int) -> list[str]:
+    import openai  # deferred: the dev extra; `smml bench --list` imports every benchmark
+
     rng, todo, out = random.Random(seed), iter(range(n)), []
     client = openai.AsyncOpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=120,
                                 http_client=openai.DefaultAsyncHttpxClient(
