@@ -122,7 +122,6 @@ def test_sampling_with_a_seed_is_reproducible(server):
     ({"model": "tiny"}, 400, "missing required field 'prompt'"),
     ({"model": "tiny", "prompt": "a", "max_tokens": 0}, 400, "max_tokens"),
     ({"model": "tiny", "prompt": "a", "temperature": -1}, 400, "temperature"),
-    ({"model": "tiny", "prompt": "a", "max_new_tokens": 4}, 400, "unknown field 'max_new_tokens'"),
     ({"model": "tiny", "prompt": [1.5, 2]}, 400, "prompt must be"),
     ({"model": "tiny", "prompt": []}, 400, "empty"),
     ({"model": "tiny", "prompt": [5, 99999]}, 400, "token ids must be in"),
@@ -279,7 +278,9 @@ def test_subprocess_server_exits_when_the_process_that_started_it_is_killed():
     finally:
         parent.kill()  # SIGKILL: no atexit hook runs, only the server's own watchdog can notice
         parent.wait()
-    gone = lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    def gone():
+        return not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
     assert _wait_until(gone, timeout_s=20), "the server outlived the process that started it"
 
 

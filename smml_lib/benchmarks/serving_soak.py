@@ -1,82 +1,220 @@
-"""Soak: 1,000 requests at concurrency 32: none lost, each answered 200 or 429, server memory (RSS) flat.
+"""Soak: 1,000 OpenAI-client requests without loss, a 10 MB body that stalls no one, SIGTERM under load.
 
-Target (issue 5). The server (continuous batching, 16 slots, a queue of 12: 32 users overflow it on purpose,
-so some requests must be refused with 429; a refused user waits 0.5 s before its next request) runs as a subprocess on 127.0.0.1. After a warm-up, five rounds of
-200 requests alternate streaming and plain JSON answers with 4-32 tokens each. After every round the
-server's resident memory is read; "flat" means the line fitted through those readings rises by less than
-``SLOPE_TARGET_MB`` per 100 requests and the whole run adds less than ``GROWTH_TARGET`` of the baseline.
+Targets (issues 5 and 13), each against a real server subprocess on 127.0.0.1 (tiny model by default):
 
-"None lost" is checked on both sides: every request the client sent has a recorded answer (200 or 429), and
-the server's counters agree (sequences accepted = sequences completed; refusals = the 429s the client saw).
+1. **Soak.** 1,000 requests through ``openai.AsyncOpenAI`` at concurrency 32: half chat, half completions, a
+   third streaming, 4-32 tokens each. The server (continuous batching, 16 slots, a queue of 12) is overloaded
+   on purpose, so some requests get 429 (an OpenAI-shaped error; the user waits 0.5 s and goes on). Targets:
+   0 lost (every request ends in an answer or an OpenAI-shaped error), 0 errors of any other shape, and the
+   server's resident memory (RSS) grows by less than 5% from after the warm-up to the end.
+2. **Stall.** One client streams a long answer while another process sends 10 MB bodies (4 a second; and,
+   for context, back to back, which saturates a core of a small machine by itself). The
+   stream's largest gap between two tokens must stay under 2x the largest gap of the same stream alone
+   (median over a few alternating runs: one busy moment of a shared machine is not the server's doing).
+3. **SIGTERM under load.** 16 running and 24 waiting requests (half streaming), then SIGTERM: every client
+   gets a complete answer or an OpenAI-shaped error; 0 plain-text 500s, 0 streams cut without ``[DONE]``, no
+   traceback in the log, exit within the drain timeout + 2 s.
 
-    smml bench serving_soak [--requests 1000] [--concurrency 32]
+Continuous batching's throughput has its own benchmark: ``smml bench serving_batching``.
+
+    smml bench serving_soak [--requests 1000] [--concurrency 32] [--model tiny]
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import random
+import signal
+import statistics
+import subprocess
+import sys
 import time
+from typing import Any
 
-import numpy as np
-import pandas as pd
+import httpx
 
 from smml_lib.common.device import cpu_name, device_name
 from smml_lib.serving import loadgen
 from smml_lib.serving.process import start_server
 
-SLOPE_TARGET_MB = 1.0  # MB of RSS per 100 requests
-GROWTH_TARGET = 0.05  # of the baseline RSS
+GROWTH_TARGET = 0.05  # of the RSS after the warm-up
+STALL_TARGET = 2.0  # largest inter-token gap with the 10 MB sender / without
+SHAPE = {"message", "type", "param", "code"}
 
 
-def soak(model: str = "tiny", *, requests: int = 1000, concurrency: int = 32, rounds: int = 5, warmup: int = 100,
-         max_batch: int = 16, max_queue: int = 12, time_limit_s: float = 300.0) -> dict:
-    """Run the soak; returns the per-request results, RSS samples and server counters."""
-    with start_server(model, scheduler="continuous", max_batch=max_batch, max_queue=max_queue) as server:
-        spec = loadgen.LoadSpec(server.model_name, loadgen.make_prompts(64), max_tokens=(4, 32), ignore_eos=True)
-        loadgen.run_sync(loadgen.run_level(server.base_url, spec, concurrency=concurrency, num_requests=warmup,
-                                           time_limit_s=time_limit_s, pause_after_429_s=0.5))
-        before = server.health()
-        rss = [(0, server.rss_bytes())]
-        results, t0 = [], time.perf_counter()
-        per_round = requests // rounds
-        for r in range(rounds):
-            spec = loadgen.LoadSpec(server.model_name, loadgen.make_prompts(64, seed=r + 1), max_tokens=(4, 32),
-                                    ignore_eos=True, stream=r % 2 == 0, seed=r + 1)
-            got = loadgen.run_sync(loadgen.run_level(server.base_url, spec, concurrency=concurrency,
-                                                     num_requests=per_round, time_limit_s=time_limit_s,
-                                                     label=f"round {r}", pause_after_429_s=0.5))
-            results += got
-            rss.append((len(results), server.rss_bytes()))
-        wall_s = time.perf_counter() - t0
-        after = server.health()
-    df = pd.DataFrame([r.__dict__ for r in results])
-    return {"results": df, "rss": pd.DataFrame(rss, columns=["requests", "rss_bytes"]), "before": before,
-            "after": after, "wall_s": wall_s, "sent": per_round * rounds}
+def _shaped(response: httpx.Response | None) -> bool:
+    try:
+        return response is not None and set(response.json()["error"]) == SHAPE
+    except (ValueError, KeyError, TypeError):
+        return False
 
 
-def verdicts(run: dict) -> dict[str, tuple[bool, str]]:
-    """Each target: (met?, the figures behind it)."""
-    df, rss, before, after = run["results"], run["rss"], run["before"], run["after"]
-    statuses = df["status"].value_counts().to_dict()
-    answered = len(df) == run["sent"] and df["index"].groupby(df["label"]).nunique().sum() == run["sent"]
-    only_200_429 = set(statuses) <= {200, 429}
-    accepted = after["submitted"] - before["submitted"]
-    completed = sum(after.get(k, 0) - before.get(k, 0) for k in ("finished_length", "finished_stop"))
-    refused = after.get("rejected", 0) - before.get("rejected", 0)
-    books = accepted == completed == statuses.get(200, 0) and refused == statuses.get(429, 0)
-    mb = rss["rss_bytes"].to_numpy() / 1e6
-    slope = float(np.polyfit(rss["requests"].to_numpy() / 100, mb, 1)[0])
-    growth = (mb[-1] - mb[0]) / mb[0]
-    flat = slope < SLOPE_TARGET_MB and growth < GROWTH_TARGET
-    return {
-        f"{run['sent']} requests sent, every one answered": (answered, f"{len(df)} answers recorded"),
-        "each answered 200 or 429": (only_200_429, f"statuses {statuses}"),
-        "server books balance (none lost)": (books, f"accepted {accepted}, completed {completed}, refused {refused}; "
-                                             f"client saw {statuses.get(200, 0)} x 200, {statuses.get(429, 0)} x 429"),
-        "server RSS flat": (flat, f"{mb[0]:.1f} MB -> {mb[-1]:.1f} MB ({100 * growth:+.2f}%), slope "
-                            f"{slope:+.3f} MB per 100 requests (targets < {SLOPE_TARGET_MB} MB/100, "
-                            f"< {100 * GROWTH_TARGET:.0f}%)"),
-    }
+async def _one(client: Any, model: str, i: int, rng: random.Random) -> str:
+    """One request; returns "ok", "429", "shaped" (another OpenAI-shaped error) or "lost: ..." / "unshaped: ..."."""
+    import openai  # deferred: the dev extra; `smml bench --list` imports every benchmark
+
+    prompt, tokens, stream = loadgen.make_prompts(1, seed=i)[0], rng.randint(4, 32), i % 3 == 0
+    extra = {"ignore_eos": True}
+    try:
+        if i % 2 == 0:
+            args = {"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": tokens,
+                    "temperature": 0.7, "seed": i, "extra_body": extra}
+            if stream:
+                got = [c async for c in await client.chat.completions.create(**args, stream=True)]
+                ok = got and got[-1].choices and got[-1].choices[0].finish_reason == "length"
+            else:
+                ok = (await client.chat.completions.create(**args)).usage.completion_tokens == tokens
+        else:
+            args = {"model": model, "prompt": prompt, "max_tokens": tokens, "temperature": 0.7, "seed": i,
+                    "extra_body": extra}
+            if stream:
+                got = [c async for c in await client.completions.create(**args, stream=True)]
+                ok = got and got[-1].choices and got[-1].choices[0].finish_reason == "length"
+            else:
+                ok = (await client.completions.create(**args)).usage.completion_tokens == tokens
+        return "ok" if ok else "lost: incomplete answer"
+    except openai.APIStatusError as exc:
+        if not _shaped(exc.response):
+            return f"unshaped: {exc.status_code} {exc.response.text[:80]!r}"
+        return "429" if exc.status_code == 429 else "shaped"
+    except openai.APIError as exc:  # a stream's error event (shaped by construction), or a dropped connection
+        return "shaped" if isinstance(exc.body, dict) and SHAPE <= set(exc.body) else f"lost: {exc!r}"[:120]
+
+
+async def _soak_requests(base_url: str, model: str, n: int, concurrency: int, seed: int) -> list[str]:
+    import openai  # deferred: the dev extra; `smml bench --list` imports every benchmark
+
+    rng, todo, out = random.Random(seed), iter(range(n)), []
+    client = openai.AsyncOpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=120,
+                                http_client=openai.DefaultAsyncHttpxClient(
+                                    limits=httpx.Limits(max_connections=concurrency)))
+
+    async def user() -> None:
+        for i in todo:
+            out.append(await _one(client, model, seed * 100_000 + i, rng))
+            if out[-1] == "429":
+                await asyncio.sleep(0.5)
+
+    try:
+        await asyncio.gather(*(user() for _ in range(concurrency)))
+    finally:
+        await client.close()
+    return out
+
+
+def soak(model: str, requests: int, concurrency: int) -> dict[str, Any]:
+    with start_server(model, max_batch=16, max_queue=12) as server:
+        asyncio.run(_soak_requests(server.base_url, server.model_name, 100, concurrency, seed=0))  # warm-up
+        rss0, t0 = server.rss_bytes(), time.perf_counter()
+        results = asyncio.run(_soak_requests(server.base_url, server.model_name, requests, concurrency, seed=1))
+        wall_s, rss1 = time.perf_counter() - t0, server.rss_bytes()
+    kinds = {k: sum(r == k for r in results) for k in ("ok", "429", "shaped")}
+    return {"results": results, "kinds": kinds, "lost": [r for r in results if r.startswith("lost")],
+            "unshaped": [r for r in results if r.startswith("unshaped")], "rss0": rss0, "rss1": rss1,
+            "wall_s": wall_s}
+
+
+def _largest_gap_s(url: str, model: str, tokens: int) -> float:
+    body = {"model": model, "prompt": "A stream that must not stall", "max_tokens": tokens, "temperature": 0,
+            "ignore_eos": True, "stream": True}
+    arrivals = []
+    with httpx.stream("POST", url + "/v1/completions", json=body, timeout=120) as r:
+        for line in r.iter_lines():
+            if line.startswith("data: "):
+                arrivals.append(time.perf_counter())
+    return max(b - a for a, b in zip(arrivals[1:-2], arrivals[2:-1]))
+
+
+SENDER = """
+import sys, time, httpx
+url, model, pause_s = sys.argv[1], sys.argv[2], float(sys.argv[3])
+big = b'{"model": "' + model.encode() + b'", "prompt": "' + b"x" * (10 * 2**20) + b'"}'
+with httpx.Client(timeout=60) as c:
+    while True:
+        r = c.post(url + "/v1/completions", content=big, headers={"content-type": "application/json"})
+        print(r.status_code, "error" in r.json() and set(r.json()["error"]) == {"message", "type", "param", "code"},
+              flush=True)
+        time.sleep(pause_s)
+"""
+
+
+def stall(model: str, runs: int = 3, tokens: int = 200, pause_s: float = 0.25) -> dict[str, Any]:
+    """The stream's largest gap alone and while another process sends 10 MB bodies, ``pause_s`` apart.
+
+    With ``pause_s=0`` the sender sends back to back and keeps a whole core busy copying bytes: on a small
+    shared machine that slows every process, the server's or not, so the target uses a paced sender.
+    """
+    with start_server(model, max_batch=4) as server:
+        _largest_gap_s(server.url, server.model_name, 20)  # warm-up
+        alone, loaded, answers = [], [], []
+        for _ in range(runs):
+            alone.append(_largest_gap_s(server.url, server.model_name, tokens))
+            sender = subprocess.Popen([sys.executable, "-c", SENDER, server.url, server.model_name, str(pause_s)],
+                                      stdout=subprocess.PIPE, text=True)
+            try:
+                answers.append(sender.stdout.readline().split())  # the first 10 MB body was answered
+                loaded.append(_largest_gap_s(server.url, server.model_name, tokens))
+            finally:
+                sender.kill()
+                answers += [line.split() for line in sender.communicate()[0].splitlines()]
+    answers = [(int(a[0]), a[1] == "True") for a in answers if len(a) == 2]
+    return {"alone_s": alone, "loaded_s": loaded, "answers": answers,
+            "ratio": statistics.median(loaded) / statistics.median(alone)}
+
+
+async def _sigterm_scenario(server: Any, running: int, waiting: int) -> dict[str, Any]:
+    outcomes: list[tuple[int, str, str]] = []
+
+    async def one(http: httpx.AsyncClient, i: int) -> None:
+        body = {"model": server.model_name, "prompt": f"Request {i}", "max_tokens": 150 if i % 4 == 0 else 900,
+                "ignore_eos": True, "stream": i % 2 == 0}
+        try:
+            async with http.stream("POST", "/v1/completions", json=body) as r:
+                raw = (await r.aread()).decode()
+            outcomes.append((r.status_code, r.headers.get("content-type", ""), raw))
+        except httpx.HTTPError as exc:
+            outcomes.append((0, "", f"{type(exc).__name__}: {exc}"))
+
+    async with httpx.AsyncClient(base_url=server.url, timeout=120,
+                                 limits=httpx.Limits(max_connections=running + waiting + 4)) as http:
+        await http.post("/v1/completions", json={"model": server.model_name, "prompt": "warm-up", "max_tokens": 4})
+        tasks, deadline = [], time.perf_counter() + 30
+        for first, n, key, want in ((0, running, "running", running), (running, waiting, "waiting", waiting)):
+            tasks += [asyncio.create_task(one(http, i)) for i in range(first, first + n)]
+            while time.perf_counter() < deadline:  # the running ones first, then the waiting ones
+                h = (await http.get("/health")).json()
+                if h[key] >= want:
+                    break
+                await asyncio.sleep(0.01)
+        t0 = time.perf_counter()
+        server.process.send_signal(signal.SIGTERM)
+        await asyncio.gather(*tasks)
+        await asyncio.to_thread(server.process.wait, 60)
+        exit_s = time.perf_counter() - t0
+    streams = [o for o in outcomes if "event-stream" in o[1]]
+    plain = [o for o in outcomes if "event-stream" not in o[1]]
+    return {"exit_s": exit_s, "state": h, "complete": sum(o[0] == 200 and "error" not in o[2] for o in plain)
+            + sum('"finish_reason": "length"' in o[2] and '"error"' not in o[2] for o in streams),
+            "shaped_errors": sum(o[0] != 200 and _shaped_text(o[2]) for o in plain)
+            + sum('"error"' in o[2] for o in streams),
+            "plain_500": sum(o[0] >= 500 and not _shaped_text(o[2]) for o in plain),
+            "cut_streams": sum(not o[2].rstrip().endswith("data: [DONE]") for o in streams),
+            "no_answer": sum(o[0] == 0 for o in outcomes), "total": len(outcomes)}
+
+
+def _shaped_text(raw: str) -> bool:
+    return _shaped(httpx.Response(200, content=raw.encode()))
+
+
+def sigterm(model: str, drain_timeout_s: float = 5.0) -> dict[str, Any]:
+    server = start_server(model, max_batch=16, max_queue=24, drain_timeout_s=drain_timeout_s)
+    try:
+        out = asyncio.run(_sigterm_scenario(server, 16, 24))
+        log = server.log_path.read_text(errors="replace")
+    finally:
+        server.stop()
+    return {**out, "drain_timeout_s": drain_timeout_s, "traceback": "Traceback" in log or "CancelledError" in log}
 
 
 def main(argv: list[str]) -> int:
@@ -85,21 +223,43 @@ def main(argv: list[str]) -> int:
     p.add_argument("--requests", type=int, default=1000)
     p.add_argument("--concurrency", type=int, default=32)
     args = p.parse_args(argv)
+    verdict = {True: "PASS", False: "MISS"}
+    print(f"machine: {device_name()} / {cpu_name()}; model {args.model}")
 
-    print(f"machine: {device_name()} / {cpu_name()}; model {args.model}; {args.requests} requests at concurrency "
-          f"{args.concurrency} (continuous batching, 16 slots, queue 12)")
-    run = soak(args.model, requests=args.requests, concurrency=args.concurrency)
-    print(f"ran {run['wall_s']:.1f} s; RSS after each round (MB): "
-          + ", ".join(f"{n}: {b / 1e6:.1f}" for n, b in zip(run["rss"]["requests"], run["rss"]["rss_bytes"])))
-    ok = run["results"][run["results"]["ok"]]
-    print(f"answered requests: TTFT p99 {1e3 * ok['ttft_s'].quantile(0.99):.0f} ms (streamed rounds), "
-          f"e2e p99 {ok['e2e_s'].quantile(0.99):.2f} s")
-    for name, (met, detail) in verdicts(run).items():
-        print(f"{name:<42} {detail}  {'PASS' if met else 'MISS'}")
+    s = soak(args.model, args.requests, args.concurrency)
+    growth = (s["rss1"] - s["rss0"]) / s["rss0"]
+    print(f"\n1. soak: {args.requests} requests (half chat, half completions, a third streaming) at concurrency "
+          f"{args.concurrency} through AsyncOpenAI in {s['wall_s']:.1f} s: {s['kinds']['ok']} answered, "
+          f"{s['kinds']['429']} x 429, {s['kinds']['shaped']} other shaped errors")
+    print(f"   lost {len(s['lost'])}, non-OpenAI-shaped errors {len(s['unshaped'])}  "
+          f"{verdict[not s['lost'] and not s['unshaped'] and len(s['results']) == args.requests]}"
+          + (f"  e.g. {(s['lost'] + s['unshaped'])[0]}" if s["lost"] or s["unshaped"] else ""))
+    print(f"   server RSS {s['rss0'] / 1e6:.1f} MB -> {s['rss1'] / 1e6:.1f} MB ({100 * growth:+.2f}%, target < "
+          f"{100 * GROWTH_TARGET:.0f}%)  {verdict[growth < GROWTH_TARGET]}")
+
+    for pause_s in (0.25, 0.0):
+        st = stall(args.model, pause_s=pause_s)
+        codes = sorted({c for c, _ in st["answers"]})
+        how = f"one every {pause_s} s" if pause_s else "back to back (the sender saturates a core)"
+        print(f"\n2. stall, 10 MB bodies {how}: largest inter-token gap of a 200-token stream, alone "
+              f"{', '.join(f'{1e3 * g:.1f}' for g in st['alone_s'])} ms; with the sender "
+              f"{', '.join(f'{1e3 * g:.1f}' for g in st['loaded_s'])} ms ({len(st['answers'])} bodies answered "
+              f"{codes}, all OpenAI-shaped: {all(ok for _, ok in st['answers'])})")
+        target = f"target < {STALL_TARGET:.0f}x  {verdict[st['ratio'] < STALL_TARGET]}" if pause_s else "context"
+        print(f"   ratio of medians {st['ratio']:.2f}x ({target})")
+
+    t = sigterm(args.model)
+    print(f"\n3. SIGTERM with {t['state']['running']} running and {t['state']['waiting']} waiting (drain timeout "
+          f"{t['drain_timeout_s']:.0f} s): {t['complete']} complete answers, {t['shaped_errors']} OpenAI-shaped errors "
+          f"of {t['total']} requests; no answer {t['no_answer']}")
+    ok = t["plain_500"] == 0 and t["cut_streams"] == 0 and t["no_answer"] == 0 and \
+        t["complete"] + t["shaped_errors"] == t["total"]
+    print(f"   plain-text 500s {t['plain_500']}, streams cut without [DONE] {t['cut_streams']}  {verdict[ok]}")
+    print(f"   exit {t['exit_s']:.2f} s after SIGTERM (target < {t['drain_timeout_s'] + 2:.0f} s)  "
+          f"{verdict[t['exit_s'] < t['drain_timeout_s'] + 2]}; traceback in the log: {t['traceback']}  "
+          f"{verdict[not t['traceback']]}")
     return 0
 
 
 if __name__ == "__main__":
-    import sys
-
     raise SystemExit(main(sys.argv[1:]))

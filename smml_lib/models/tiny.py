@@ -54,12 +54,19 @@ TINY_CONFIG: dict = {
 }
 
 
+# A chat template of the tiny tokenizer's own, so smoke mode serves /v1/chat/completions through the same
+# ``apply_chat_template`` call as Llama-3.2-1B-Instruct (whose template uses header tokens the tiny one lacks).
+CHAT_TEMPLATE = ("{{ bos_token }}{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+                 "{% if add_generation_prompt %}assistant: {% endif %}")
+
+
 def _corpus() -> str:
     return resources.files("smml_lib").joinpath("data/tiny_corpus.txt").read_text()
 
 
 def _key() -> str:
     blob = json.dumps({"v": BUILDER_VERSION, "cfg": TINY_CONFIG, "vocab": TOKENIZER_VOCAB}, sort_keys=True) + _corpus()
+    blob += CHAT_TEMPLATE
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -89,6 +96,7 @@ def save_tokenizer(dest: Path, max_len: int) -> tuple["object", "object"]:
     raw = train_tokenizer(_corpus())
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=raw, bos_token=BOS, eos_token=EOS, pad_token=EOS,
                                         model_max_length=max_len)
+    tokenizer.chat_template = CHAT_TEMPLATE
     tokenizer.save_pretrained(dest)
     return raw, tokenizer
 

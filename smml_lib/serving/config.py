@@ -59,6 +59,12 @@ class ServerConfig:
     host: str = "127.0.0.1"  # loopback: only this machine can reach the server
     port: int = 0  # 0: any free port
     threads: int | None = None  # torch CPU threads in the server (default: 1 on a CPU)
+    max_body_bytes: int | None = None  # request body limit (default: 32 bytes per context token, at least 1 MiB)
+    drain_timeout_s: float = 10.0  # on SIGTERM: how long running sequences may finish before they are ended
+
+    def body_limit_bytes(self, max_model_len: int) -> int:
+        """The request body limit: a prompt filling the whole context fits with room to spare (413 beyond)."""
+        return self.max_body_bytes or max(2**20, 32 * max_model_len)
 
     @classmethod
     def build(cls, model_id: str = "tiny", *, variants: dict[str, dict[str, Any]] | None = None,
@@ -96,7 +102,8 @@ class ServerConfig:
                "--max-queue", str(b.max_queue), "--max-wait-ms", str(b.max_wait_ms), "--dtype", self.dtype,
                "--device", self.device, "--host", self.host, "--port", str(self.port)]
         for flag, value in (("--served-model-name", self.served_model_name), ("--max-model-len", self.max_model_len),
-                            ("--threads", self.threads)):
+                            ("--threads", self.threads), ("--max-body-bytes", self.max_body_bytes),
+                            ("--drain-timeout-s", self.drain_timeout_s)):
             if value is not None:
                 out += [flag, str(value)]
         for name, batching in self.variants:
@@ -123,9 +130,14 @@ class ServerConfig:
         p.add_argument("--max-model-len", type=int, default=None,
                        help="prompt + max_tokens limit (default: min(model, 4096))")
         p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: 1 on CPU)")
+        p.add_argument("--max-body-bytes", type=int, default=None,
+                       help="request body limit; larger bodies get 413 (default: max(1 MiB, 32 x context tokens))")
+        p.add_argument("--drain-timeout-s", type=float, default=cls.drain_timeout_s,
+                       help=f"on SIGTERM, seconds running sequences may finish ({cls.drain_timeout_s})")
         p.add_argument("--variant", action="append", default=[], metavar="NAME=JSON",
                        help="serve the weights also as NAME with other batching, e.g. "
-                       "'batch-1={\"scheduler\": \"static\", \"max_batch\": 1}' (repeatable; replaces the default name)")
+                       "'batch-1={\"scheduler\": \"static\", \"max_batch\": 1}' "
+                       "(repeatable; replaces the default name)")
 
     @classmethod
     def from_args(cls, a: argparse.Namespace) -> "ServerConfig":
@@ -141,7 +153,7 @@ class ServerConfig:
         return cls.build(a.model, variants=variants, scheduler=a.scheduler, max_batch=a.max_batch,
                          max_queue=a.max_queue, max_wait_ms=a.max_wait_ms, dtype=a.dtype, device=a.device, host=a.host,
                          port=a.port, served_model_name=a.served_model_name, max_model_len=a.max_model_len,
-                         threads=a.threads)
+                         threads=a.threads, max_body_bytes=a.max_body_bytes, drain_timeout_s=a.drain_timeout_s)
 
 
 def _checked(name: str, changes: dict[str, Any]) -> dict[str, Any]:

@@ -10,7 +10,12 @@ does not slow it down), logging to ``<outputs>/logs/``. ``in_process=True`` runs
 process instead (starts in a fraction of a second: handy in tests). Either way ``start_server`` returns only
 once the server answers ``/health``, or raises ``ServerStartError`` with the end of the server's log.
 
-No orphans: ``stop()`` sends SIGTERM (uvicorn shuts down gracefully) and SIGKILL after a timeout; servers
+Shutdown drains: SIGTERM (or ``stop()`` of an in-process server) first runs the service's ``drain`` (503 for
+new requests, running sequences finish within ``drain_timeout_s``, the rest end with an OpenAI-shaped error
+or an SSE error event and ``[DONE]``), and only then lets uvicorn close the connections; a second SIGTERM
+or Ctrl-C exits at once.
+
+No orphans: ``stop()`` sends SIGTERM and SIGKILL after the drain timeout and a margin; servers
 still running when Python exits are stopped by an ``atexit`` hook; and the subprocess watches the process that
 started it and exits when that one is gone (a crashed or killed notebook kernel).
 """
@@ -38,8 +43,9 @@ from smml_lib.common.credentials import redact
 from smml_lib.common.device import NoGpuError, resolve_device
 from smml_lib.common.paths import output_dir
 from smml_lib.models.loading import ModelLoadError
+from smml_lib.serving.app import uvicorn_server
 from smml_lib.serving.config import ServerConfig
-from smml_lib.serving.server import build_service, create_app
+from smml_lib.serving.server import build_service
 
 _LIVE: "set[ServerHandle]" = set()
 _BY_CONFIG: "dict[str, ServerHandle]" = {}  # for start_server(..., reuse=True)
@@ -113,8 +119,8 @@ class ServerHandle:
             return ""
         return redact("\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:]))
 
-    def stop(self, timeout_s: float = 10.0) -> None:
-        """Shut down gracefully (SIGTERM / should_exit), force after ``timeout_s``. Safe to call twice."""
+    def stop(self, timeout_s: float = 20.0) -> None:
+        """Shut down gracefully (SIGTERM, or the drain in-process), force after ``timeout_s``. Safe to call twice."""
         _LIVE.discard(self)
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
@@ -124,7 +130,7 @@ class ServerHandle:
                 self.process.kill()
                 self.process.wait(5)
         if self.server is not None:
-            self.server.should_exit = True
+            self.server.begin_shutdown()
             if self.thread is not None:
                 self.thread.join(timeout_s)
 
@@ -155,20 +161,6 @@ def _bind(host: str, port: int) -> socket.socket:
         raise ServerStartError(f"cannot listen on {host}:{port} ({exc}); pick another port, or port=0 for any "
                                "free one") from None
     return sock
-
-
-def _uvicorn_server(app: Any, on_started: Any = None) -> Any:
-    import uvicorn  # deferred: optional extra [serve]
-
-    class _Server(uvicorn.Server):
-        async def startup(self, sockets: Any = None) -> None:
-            await super().startup(sockets)
-            if self.started and on_started is not None:
-                on_started()
-
-    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", timeout_graceful_shutdown=3,
-                            timeout_keep_alive=30)
-    return _Server(config)
 
 
 def _wait_healthy(url: str, deadline: float, alive: Any, log: Any) -> None:
@@ -217,7 +209,7 @@ def _start_in_thread(config: ServerConfig, ready_timeout_s: float) -> ServerHand
     service = build_service(config)
     sock = _bind(config.host, config.port)
     url = f"http://{config.host}:{sock.getsockname()[1]}"
-    server = _uvicorn_server(create_app(service))
+    server = uvicorn_server(service, config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="smml-server", daemon=True)
     thread.start()
     handle = ServerHandle(url, config.first_name, config.batching.scheduler, os.getpid(), None, None, server, thread,
@@ -237,7 +229,8 @@ def _start_process(config: ServerConfig, ready_timeout_s: float) -> ServerHandle
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 env={**os.environ, "PYTHONUNBUFFERED": "1"})
     handle = ServerHandle("", config.first_name, config.batching.scheduler, proc.pid, log_path, proc,
-                          ready_file=ready, deadline=time.perf_counter() + ready_timeout_s, models=list(config.schedulers))
+                          ready_file=ready, deadline=time.perf_counter() + ready_timeout_s,
+                          models=list(config.schedulers))
     _LIVE.add(handle)
     return handle
 
@@ -296,9 +289,14 @@ def cli(argv: list[str]) -> int:
             tmp.write_text(url)
             tmp.replace(args.ready_file)  # atomic: the parent never reads half a URL
 
-    _uvicorn_server(create_app(service), on_started).run(sockets=[sock])
+    uvicorn_server(service, config, on_started).run(sockets=[sock])
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(cli(sys.argv[1:]))
+    code = cli(sys.argv[1:])
+    # The server has stopped and answered everyone; skip the interpreter's teardown (torch's alone takes 1-2 s
+    # on a busy machine), so a drained server exits within its drain timeout plus a moment.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -57,6 +57,7 @@ class Scheduler:
         self._cond = threading.Condition()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._abort_running = False
         self.counters = collections.Counter()  # submitted, rejected, finished_<reason>, steps, tokens...
         self.busy_s = 0.0  # seconds spent inside model forward passes
         self.started_s = time.perf_counter()
@@ -99,6 +100,19 @@ class Scheduler:
         self.waiting.clear()
         self.batch = None
         self._emit([self._finish(s, "abort") for s in leftover if s.finish_reason is None])
+
+    def abort_waiting(self) -> None:
+        """End every queued sequence now with finish_reason ``"abort"`` (a draining server starts nothing new)."""
+        with self._cond:
+            leftover = [s for s in self.waiting if s.finish_reason is None and not s.cancelled]
+            self.waiting.clear()
+        self._emit([self._finish(s, "abort") for s in leftover])
+
+    def abort_running(self) -> None:
+        """End the running batch with ``"abort"`` before the next step (the drain timeout is over)."""
+        self._abort_running = True
+        with self._cond:
+            self._cond.notify_all()
 
     @property
     def alive(self) -> bool:
@@ -178,6 +192,10 @@ class Scheduler:
     def _retire(self) -> None:
         """Drop finished and cancelled sequences from the running batch (their KV cache goes with them)."""
         if self.batch is None:
+            return
+        if self._abort_running:
+            seqs, self.batch = self.batch.seqs, None
+            self._emit([self._finish(s, "abort") for s in seqs if s.finish_reason is None and not s.cancelled])
             return
         for seq in self.batch.seqs:
             if seq.cancelled and seq.finish_reason is None:
