@@ -6,6 +6,7 @@
     smml tiny              build (or locate) the offline tiny Llama
     smml bench NAME        a benchmark that prints the figure an issue asks for
     smml plainrun NB       a lab notebook as plain Python (machines without Jupyter)
+    smml rehearse          every lab's real-mode branch on a CPU (random-weight twins, small sizes)
 
 A module joins the CLI by defining ``cli(argv: list[str]) -> int`` and one entry in ``COMMANDS``.
 Modules are imported only when their command runs, so ``smml --help`` is instant.
@@ -27,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("smml_lib.benchmarks", "run a benchmark that prints a target figure (smml bench --list)"),
     "plainrun": ("smml_lib.course.plainrun",
                  "run lab notebooks as plain Python, no Jupyter (e.g. on a bare GPU machine)"),
+    "rehearse": ("smml_lib.course.rehearsal", "every lab's real mode on this CPU, with twins and small sizes"),
     "launch": ("smml_lib.distributed.launcher", "run a worker module under torchrun and collect per-rank results"),
     "cluster": ("smml_lib.cluster.local_cluster", "a real two-node Slurm cluster on this machine: up | status | down"),
     "serve": ("smml_lib.serving.process", "an OpenAI-compatible completion server over a Llama (tiny or real)"),

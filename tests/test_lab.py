@@ -80,3 +80,17 @@ def test_exercise_checks():
     assert exercises.check_choice("t.b", "B", "b", ["a", "b"]).ok
     assert not exercises.check_choice("t.b", "a", "b", ["a", "b"]).ok
     assert exercises.check_choice("t.b", "z", "b", ["a", "b"]).status == "incorrect"
+
+
+def test_checks_that_need_a_gpu_are_listed_not_judged_in_real_mode_on_a_cpu(capsys):
+    real = start_lab("Lab 99-3 · rehearsal", "real")  # tests hide GPUs: real mode on the CPU
+    real.check({"counted": True, "a GPU speedup": False}, needs_gpu={"a GPU speedup"})
+    out = capsys.readouterr().out
+    assert "1/1 checks passed" in out and "1 need a GPU" in out and "a GPU speedup  (needs a GPU" in out
+    with pytest.raises(LabCheckError, match="counted"):  # every other check is still judged
+        real.check({"counted": False, "a GPU speedup": False}, needs_gpu={"a GPU speedup"})
+    smoke = start_lab("Lab 99-3 · smoke", "smoke")  # smoke mode judges them, as before
+    with pytest.raises(LabCheckError, match="a GPU speedup"):
+        smoke.check({"counted": True, "a GPU speedup": False}, needs_gpu={"a GPU speedup"})
+    with pytest.raises(ValueError, match="not in the check"):
+        smoke.check({"counted": True}, needs_gpu={"typo"})

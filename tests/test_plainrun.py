@@ -84,6 +84,9 @@ def test_architecture_twin_has_the_published_shape_and_says_it_is_random(tmp_pat
     assert "RANDOM weights" in note and "num_hidden_layers" in note
     ids = tok("Hello", return_tensors="pt").input_ids
     assert model.generate(ids, max_new_tokens=3, min_new_tokens=3, do_sample=False).shape[1] == ids.shape[1] + 3
+    assert len(tok) == 2048 and tok("Hello").input_ids == ids[0].tolist()  # padded, encoding unchanged
+    texts = tok.convert_ids_to_tokens(list(range(2048)))  # every id the model can produce decodes to text
+    assert None not in texts and tok.decode([2047]) == "<|twin_2047|>"
     with pytest.raises(KeyError, match="no preset"):
         tiny.build_twin("Llama-9-999B", tmp_path / "x")
 

@@ -42,10 +42,11 @@ class Resources:
 
 def resources(lab: Any, gpus_per_node: int, nodes: int = 2) -> Resources:
     """Real mode: ``nodes`` whole GPU nodes, one process per GPU (2 x g6.12xlarge: 4 L4 each). Smoke mode: one
-    CPU process on each node of the local cluster."""
+    CPU process on each node of the local cluster. Real mode on a machine without GPUs (a rehearsal) keeps
+    ``gpus_per_node`` processes per node but asks Slurm for no GPUs, which such a cluster could never grant."""
     if lab.smoke:
         return Resources(nodes, 1, 0, False)
-    return Resources(nodes, gpus_per_node, gpus_per_node, True)
+    return Resources(nodes, gpus_per_node, gpus_per_node if lab.gpu else 0, lab.gpu)
 
 
 def worker_job(worker: str, args: list[str], name: str, res: Resources, *, time_limit: str = "00:10:00") -> TorchrunJob:

@@ -6,6 +6,8 @@
 - ``plainrun``: a lab as plain Python with papermill's parameter semantics (machines without Jupyter);
 - ``exercises``: answer checks with tolerances and explanations;
 - ``jupyter_kernel``: the Jupyter kernel ``smml`` registered for this environment;
+- ``rehearsal``: ``smml rehearse``, every lab's real-mode branch on a CPU with twins and small sizes;
+- ``l4_fit``: each lab's real-mode peak GPU memory on one L4, predicted from the real configs;
 - ``doctor``: ``smml doctor``, what this machine has, with a verdict and a fix per line;
 - ``diagrams`` and ``diagram_figures``: the course diagrams in ``assets/``, drawn from source.
 

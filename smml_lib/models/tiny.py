@@ -120,6 +120,24 @@ def build_tiny_llama(dest: Path, seed: int = 0) -> Path:
     return dest
 
 
+def pad_vocabulary(dest: Path, vocab_size: int) -> int:
+    """Give every id below ``vocab_size`` a token in ``dest/tokenizer.json``; returns how many were added.
+
+    A twin keeps the published vocabulary size (128,256 for Llama-3.2-1B) with the tiny tokenizer's
+    ~1,000 tokens, so its random weights produce ids the tokenizer never learnt, which then decode to
+    ``None``. Each missing id gets a filler token ``<|twin_<id>|>``: printable ASCII, which the byte-level
+    decoder passes through as text. No merge produces a filler, so encoding is unchanged.
+    """
+    path = Path(dest) / "tokenizer.json"
+    spec = json.loads(path.read_text())
+    vocab = spec["model"]["vocab"]
+    taken = set(vocab.values()) | {t["id"] for t in spec.get("added_tokens", [])}
+    missing = [i for i in range(vocab_size) if i not in taken]
+    vocab.update({f"<|twin_{i}|>": i for i in missing})
+    path.write_text(json.dumps(spec, ensure_ascii=False))
+    return len(missing)
+
+
 def build_twin(preset: str, dest: Path, *, device: str = "cpu", dtype: str = "bf16", seed: int = 0,
                overrides: dict | None = None) -> Path:
     """A published Llama's *architecture* with random weights, saved as a checkpoint folder in ``dest``.
@@ -127,7 +145,7 @@ def build_twin(preset: str, dest: Path, *, device: str = "cpu", dtype: str = "bf
     For timing where the real weights cannot be downloaded (a borrowed GPU machine with no network):
     speed and memory depend on the shapes and the dtype, not on the weights' values, so a twin of
     Llama-3.2-1B moves the same bytes and does the same FLOPs per token as the real one. Its text is
-    noise, and the tokenizer is the tiny one (every id fits the big vocabulary). A file
+    noise, and the tokenizer is the tiny one, padded so that every id of the big vocabulary decodes. A file
     ``SMML_TWIN.md`` says so, and results measured on it should say so too.
 
     Args:
@@ -139,6 +157,7 @@ def build_twin(preset: str, dest: Path, *, device: str = "cpu", dtype: str = "bf
     shape = preset_config(preset) | dict(overrides or {})
     dest = Path(dest)
     raw, _ = save_tokenizer(dest, shape["max_position_embeddings"])
+    pad_vocabulary(dest, shape["vocab_size"])  # every id the model can produce decodes to text
     ids = {f"{k}_token_id": raw.token_to_id(t) for k, t in (("bos", BOS), ("eos", EOS), ("pad", EOS))}
     config = LlamaConfig(hidden_act="silu", **ids, **shape)
     torch.manual_seed(seed)
@@ -186,6 +205,7 @@ def cli(argv: list[str]) -> int:
                    help="instead: build an architecture twin of a published Llama (random weights), e.g. Llama-3.2-1B")
     p.add_argument("--dest", type=Path, help="folder for --twin")
     p.add_argument("--device", default="cpu", help="where --twin initialises its weights (cpu or cuda)")
+    p.add_argument("--layers", type=int, help="--twin: keep this many decoder layers (the rest as published)")
     args = p.parse_args(argv)
     if args.twin:
         if not args.dest:
@@ -193,7 +213,8 @@ def cli(argv: list[str]) -> int:
         if args.device.startswith("cuda"):
             if not torch.cuda.is_available():
                 p.error(f"--device {args.device}: torch sees no CUDA GPU here; use --device cpu (slower, same result)")
-        print(build_twin(args.twin, args.dest, device=args.device))
+        overrides = {"num_hidden_layers": args.layers} if args.layers else None
+        print(build_twin(args.twin, args.dest, device=args.device, overrides=overrides))
         return 0
     print(tiny_llama_path(rebuild=args.rebuild))
     return 0
