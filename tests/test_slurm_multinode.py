@@ -45,8 +45,10 @@ def test_traffic_and_checkpoint_models():
 def test_jobs_follow_the_mode_and_carry_the_run():
     smoke, real = _Lab("smoke"), _Lab("real")
     assert multinode.resources(smoke, gpus_per_node=4) == multinode.Resources(2, 1, 0, False)
-    res = multinode.resources(real, gpus_per_node=4)
-    assert res == multinode.Resources(2, 4, 4, True) and res.world_size == 8
+    # real mode on this CPU machine (a rehearsal): 4 processes per node, but no GPUs asked of Slurm
+    assert multinode.resources(real, gpus_per_node=4) == multinode.Resources(2, 4, 0, False)
+    res = multinode.Resources(2, 4, 4, True)  # what real mode asks for on GPU nodes
+    assert res.world_size == 8
     run = TrainConfig(model="preset:Llama-3.2-1B", strategy="fsdp", precision="bf16", max_steps=5,
                       checkpoint_dir=multinode.JOB_CHECKPOINTS, resume=True)
     job = multinode.train_job(run, "t", res)

@@ -8,6 +8,7 @@
 - ``jupyter_kernel``: the Jupyter kernel ``smml`` registered for this environment;
 - ``rehearsal``: ``smml rehearse``, every lab's real-mode branch on a CPU with twins and small sizes;
 - ``l4_fit``: each lab's real-mode peak GPU memory on one L4, predicted from the real configs;
+- ``durations``: each lab's real-mode run time on a g6.12xlarge, predicted from the roofline (README, INSTRUCTORS);
 - ``doctor``: ``smml doctor``, what this machine has, with a verdict and a fix per line;
 - ``diagrams`` and ``diagram_figures``: the course diagrams in ``assets/``, drawn from source.
 
