@@ -23,15 +23,7 @@ from smml_lib.serving.process import ServerStartError, start_server
 PROMPT = "The scheduler admits a new request"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """In-process servers share this process: one torch thread keeps them fast on a busy 2-core machine."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest: in-process servers share this process
 
 
 @pytest.fixture(scope="module")

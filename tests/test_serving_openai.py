@@ -27,14 +27,7 @@ PROMPT = "The scheduler admits a new request"
 CHAT = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Explain batching."}]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest: in-process servers share this process
 
 
 @pytest.fixture(scope="module")
