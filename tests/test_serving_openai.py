@@ -137,6 +137,20 @@ def test_a_chunked_body_over_the_limit_gets_413(server):
     assert r.status_code == 413 and _error(r)["code"] == "request_too_large"
 
 
+def test_refusals_before_the_scheduler_are_counted_in_metrics(server):
+    """Bad JSON, an unknown model, a request that never fits and a 413 each count as a client error."""
+    before = metrics.scrape(server.url)
+    url, h = server.url + "/v1", {"content-type": "application/json"}
+    assert httpx.post(url + "/completions", content=b"{not json", headers=h).status_code == 400
+    assert httpx.post(url + "/chat/completions", json={"model": "gpt-4", "messages": CHAT}).status_code == 404
+    assert httpx.post(url + "/completions", json={"model": "tiny", "prompt": ["a"] * 9}).status_code == 400
+    assert httpx.post(url + "/completions", content=b"x" * 70_000, headers=h).status_code == 413
+    d = metrics.delta(before, metrics.scrape(server.url))
+    errors = {(dict(lab)["model"], dict(lab)["endpoint"]): v for (name, lab), v in d.items()
+              if name == "smml_requests_total" and dict(lab)["outcome"] == "client_error" and v}
+    assert errors == {("unknown", "completions"): 2, ("unknown", "chat"): 1, ("tiny", "completions"): 1}
+
+
 def test_held_back_chars_is_the_longest_stop_prefix_at_the_end():
     assert held_back_chars("the hom", ["home"]) == 3 and held_back_chars("the hx", ["home"]) == 0
     assert held_back_chars("aab", ["abc", "b"]) == 2 and held_back_chars("", ["ab"]) == 0

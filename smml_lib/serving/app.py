@@ -33,6 +33,14 @@ from smml_lib.serving.metrics import CONTENT_TYPE
 from smml_lib.serving.server import DISCONNECTED, CompletionService
 
 DISCARD_LIMIT_BYTES = 256 * 2**20  # an oversized body is read and dropped up to this much, then the connection closes
+ENDPOINTS = {"/v1/completions": "completions", "/v1/chat/completions": "chat"}  # path -> the metrics' endpoint label
+UNKNOWN_MODEL = "unknown"  # the metrics' model label before a body names a served model (bounds the label's values)
+
+
+def outcome_of(exc: ApiError) -> str:
+    """The ``smml_requests_total`` outcome of an error answer."""
+    fallback = "client_error" if exc.status < 500 else "server_error"
+    return {429: "rejected", 499: "disconnected", 503: "aborted"}.get(exc.status, fallback)
 
 
 async def _send_error(send: Any, exc: ApiError) -> None:
@@ -46,18 +54,23 @@ async def _send_error(send: Any, exc: ApiError) -> None:
 def guard(app: Any, service: CompletionService, max_body_bytes: int) -> Any:
     """ASGI middleware: arrival time, 503 while draining, and the request body read under ``max_body_bytes``."""
 
+    async def refuse(send: Any, scope: dict, exc: ApiError) -> None:
+        if scope["path"] in ENDPOINTS:  # counted: refused before the body could name a model
+            service.metrics.requests.labels(UNKNOWN_MODEL, ENDPOINTS[scope["path"]], outcome_of(exc)).inc()
+        await _send_error(send, exc)
+
     async def middleware(scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return await app(scope, receive, send)
         scope.setdefault("state", {})["t_arrival_s"] = time.perf_counter()
         if service.draining and scope["path"].startswith("/v1/") and scope["method"] == "POST":
-            return await _send_error(send, ApiError(503, "the server is shutting down; retry on another replica",
-                                                    kind="server_error", code="shutting_down"))
+            return await refuse(send, scope, ApiError(503, "the server is shutting down; retry on another replica",
+                                                      kind="server_error", code="shutting_down"))
         declared = dict(scope.get("headers", [])).get(b"content-length")
         too_big = ApiError(413, f"the request body is larger than this server's limit of {max_body_bytes} bytes "
                                 "(--max-body-bytes)", code="request_too_large")
         if declared is not None and declared.isdigit() and int(declared) > max_body_bytes:
-            return await _send_error(send, too_big)  # unread: uvicorn closes the connection after the answer
+            return await refuse(send, scope, too_big)  # unread: uvicorn closes the connection after the answer
         chunks, size, more = [], 0, True
         while more:
             message = await receive()
@@ -69,7 +82,7 @@ def guard(app: Any, service: CompletionService, max_body_bytes: int) -> Any:
             if size > max_body_bytes:
                 if more:
                     await _discard(receive, DISCARD_LIMIT_BYTES)
-                return await _send_error(send, too_big)
+                return await refuse(send, scope, too_big)
             chunks.append(chunk)
         body, replayed = b"".join(chunks), False
 
@@ -153,23 +166,31 @@ def create_app(service: CompletionService, *, max_body_bytes: int = 2**20) -> An
             watcher = asyncio.ensure_future(_watch_disconnect(http_request, request.queue))
             return await service.complete(request, watcher)
         except ApiError as exc:
-            fallback = "client_error" if exc.status < 500 else "server_error"
-            outcome = {429: "rejected", 499: "disconnected", 503: "aborted"}.get(exc.status, fallback)
+            outcome = outcome_of(exc)
             raise
         finally:
             if outcome is not None:
                 service.metrics.requests.labels(name, endpoint, outcome).inc()
 
+    async def prepared(http_request: Request, schema: type, prepare: Any, endpoint: str) -> Any:
+        """Parse and validate; an error here (bad JSON, unknown model, never fits) is counted, then answered."""
+        name = UNKNOWN_MODEL
+        try:
+            body = await parse_body(http_request, schema)
+            name = body.model if body.model in service.schedulers else UNKNOWN_MODEL
+            return await prepare(body, http_request.scope["state"]["t_arrival_s"])
+        except ApiError as exc:
+            service.metrics.requests.labels(name, endpoint, outcome_of(exc)).inc()
+            raise
+
     @app.post("/v1/completions")
     async def completions(http_request: Request) -> Any:
-        body = await parse_body(http_request, CompletionRequest)
-        request = await service.prepare(body, http_request.scope["state"]["t_arrival_s"])
+        request = await prepared(http_request, CompletionRequest, service.prepare, "completions")
         return await answer(request, http_request, "completions")
 
     @app.post("/v1/chat/completions")
     async def chat_completions(http_request: Request) -> Any:
-        body = await parse_body(http_request, ChatCompletionRequest)
-        request = await service.prepare_chat(body, http_request.scope["state"]["t_arrival_s"])
+        request = await prepared(http_request, ChatCompletionRequest, service.prepare_chat, "chat")
         return await answer(request, http_request, "chat")
 
     def card(name: str) -> dict[str, Any]:

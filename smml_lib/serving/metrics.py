@@ -5,7 +5,8 @@ and waited, how many requests it refused, how long the first token took *from th
 arrived*. Production servers (vLLM, TGI) export these through ``prometheus_client``; so does this one:
 
 - ``smml_requests_total{model, endpoint, outcome}``: answered requests by outcome (``ok``, ``client_error``,
-  ``rejected`` (429), ``aborted`` (shutdown), ``disconnected``, ``server_error``);
+  ``rejected`` (429), ``aborted`` (shutdown), ``disconnected``, ``server_error``); a request refused before
+  its body names a served model (bad JSON, an unknown model, 413) counts under ``model="unknown"``;
 - ``smml_queue_rejections_total{model}``: sequences refused because the queue was full;
 - ``smml_prompt_tokens_total`` / ``smml_generation_tokens_total``: tokens read and written;
 - ``smml_time_to_first_token_seconds``, ``smml_inter_token_latency_seconds``, ``smml_e2e_request_latency_seconds``:
