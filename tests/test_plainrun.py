@@ -57,6 +57,18 @@ def test_a_failing_cell_is_named_and_stops_the_run(toy, capsys):
         plainrun.run_notebook(toy, {"z": 3})
 
 
+def test_cells_run_in_a_main_module_of_their_own(tmp_path):
+    """TorchDynamo finds a notebook function's globals through ``sys.modules[fn.__module__]``, as in a kernel."""
+    nb = _notebook(tmp_path / "main.ipynb", [
+        ("code", "k: int = 3", ["parameters"]),
+        ("code", "import sys\ndef scaled(v):\n    return k * v\n"
+                 "assert sys.modules[scaled.__module__].scaled(2) == 6", []),
+    ])
+    before = sys.modules["__main__"]
+    assert plainrun.run_notebook(nb).status == "passed"
+    assert sys.modules["__main__"] is before  # the caller's __main__ is back
+
+
 def test_cli_exit_codes(toy, tmp_path, capsys):
     assert plainrun.cli([str(toy), "-p", "x=2"]) == 0
     assert plainrun.cli([str(toy), "-p", "x=1"]) == 1

@@ -27,6 +27,7 @@ import os
 import sys
 import time
 import traceback
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -106,9 +107,13 @@ def run_notebook(notebook: Path | str, parameters: dict[str, Any] | None = None)
     if unknown:
         raise ValueError(f"{notebook.name}: parameters {sorted(unknown)} are not declared in its parameters cell")
     injected = "".join(f"{k} = {v!r}\n" for k, v in parameters.items())
-    namespace: dict[str, Any] = {"__name__": "__main__"}
+    # The cells run in a module of their own, installed as ``__main__`` as a kernel's namespace is: tools that
+    # look a function's globals up through ``sys.modules[fn.__module__]`` (TorchDynamo, pickle) find them there.
+    main, saved_main = types.ModuleType("__main__"), sys.modules.get("__main__")
+    namespace: dict[str, Any] = main.__dict__
     cwd, started = os.getcwd(), time.perf_counter()
     os.chdir(notebook.parent)
+    sys.modules["__main__"] = main
     try:
         for cell in cells:
             print(f"\n--- {notebook.name}: cell {cell.number} ---", flush=True)
@@ -131,6 +136,8 @@ def run_notebook(notebook: Path | str, parameters: dict[str, Any] | None = None)
             run.status = "passed"
     finally:
         os.chdir(cwd)
+        if saved_main is not None:
+            sys.modules["__main__"] = saved_main
         run.duration_s = time.perf_counter() - started
     return run
 
