@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from smml_lib.common import device
-from smml_lib.models import anatomy
+from smml_lib.models import anatomy, device_map
 
 
 def test_llama_3_2_1b_parameters_by_hand():
@@ -56,3 +58,15 @@ def test_bad_dtype_and_preset_fail_clearly():
         device.bytes_per_element("fp7")
     with pytest.raises(KeyError, match="known"):
         anatomy.preset_config("Llama-9-1T")
+
+
+def test_a_local_folder_is_never_taken_for_the_preset_its_name_contains(tmp_path):
+    """The rehearsal's 2-layer 13B twin was planned as the 40-layer preset its folder name contains."""
+    folder = tmp_path / "twin-llama-2-13b-2-layers"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({**anatomy.preset_config("Llama-2-13b"), "num_hidden_layers": 2}))
+    assert anatomy.preset_config("meta-llama/Llama-2-13b-hf")["num_hidden_layers"] == 40  # a hub id: its preset
+    with pytest.raises(KeyError, match="local checkpoint folder"):
+        anatomy.preset_config(str(folder))
+    plan = device_map.plan_device_map(str(folder), {0: "20GiB", 1: "20GiB"})
+    assert plan.frame["decoder_layers"].sum() == 2 and not plan.offloaded

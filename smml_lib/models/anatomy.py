@@ -13,6 +13,7 @@ The same functions serve the tiny model in smoke mode and Llama-3.2-1B / Llama-2
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Mapping
 
 import pandas as pd
@@ -34,7 +35,13 @@ LLAMA_PRESETS: dict[str, dict[str, Any]] = {
 
 
 def preset_config(name: str) -> dict[str, Any]:
-    """The config dict of a published Llama (``Llama-3.2-1B``, ``Llama-3.1-8B``, ``Llama-2-13b``)."""
+    """The config dict of a published Llama (``Llama-3.2-1B``, ``Llama-3.1-8B``, ``Llama-2-13b``).
+
+    A hub id names its preset (``meta-llama/Llama-2-13b-hf``); a local folder never does, even when its name
+    contains one (a 2-layer twin in ``twin-llama-2-13b-2-layers/``): its own ``config.json`` is the truth.
+    """
+    if Path(name).expanduser().is_dir():
+        raise KeyError(f"{name!r} is a local checkpoint folder, not a preset: read its config.json")
     for key, cfg in LLAMA_PRESETS.items():
         if key.lower() == name.lower() or key.lower() in name.lower():
             return {"model_type": "llama", **cfg}
