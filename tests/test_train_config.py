@@ -36,8 +36,15 @@ def test_argv_round_trips_every_kind_of_field():
 def test_bad_values_fail_with_the_choices():
     with pytest.raises(ValueError, match="single, ddp, fsdp"):
         TrainConfig(strategy="zero9")
-    with pytest.raises(ValueError, match="fp32 or bf16"):
+    with pytest.raises(ValueError, match="fp32, bf16 or auto"):
         TrainConfig(precision="fp8")
+
+
+def test_auto_precision_is_bf16_on_gpus_and_fp32_on_a_cpu():
+    auto = TrainConfig(precision="auto")
+    assert auto.resolved_precision("cuda") == "bf16" and auto.resolved_precision("cpu") == "fp32"
+    assert TrainConfig(precision="bf16").resolved_precision("cpu") == "bf16"  # asked for: kept
+    assert _parse(auto.argv()).precision == "auto"  # travels to the worker unresolved
 
 
 def test_ddp_buckets_are_mebibytes_and_priced_at_the_bus_bandwidth():

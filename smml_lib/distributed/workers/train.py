@@ -296,6 +296,9 @@ def run_strategy(run: TrainConfig, common: argparse.Namespace, env: DistEnv, str
 def main(argv: list[str]) -> int:
     run, common = parse_args(argv)
     env = init_distributed(common.backend, common.pg_timeout_s)
+    if run.precision == "auto":
+        run = run.replace(precision=run.resolved_precision(env.device.type))
+        print0(f"precision auto -> {run.precision} on {env.device.type}", env=env)
     stop = ckpt.StopRequest().install_signal_handlers()
     if run.notice_url and env.local_rank == 0:  # one poller per node; check() shares the flag with all ranks
         stop.watch_notice_url(run.notice_url, run.notice_poll_s, imdsv2=run.notice_imdsv2)
