@@ -11,6 +11,8 @@ Targets (issues 5 and 13), each against a real server subprocess on 127.0.0.1 (t
    for context, back to back, which saturates a core of a small machine by itself). The
    stream's largest gap between two tokens must stay under 2x the largest gap of the same stream alone
    (median over a few alternating runs: one busy moment of a shared machine is not the server's doing).
+   The control: the same back-to-back sender aimed at a 20-line sink that is not our server (it answers
+   413 after the headers, as ours does). If the stream slows as much then, the machine is the cause.
 3. **SIGTERM under load.** 16 running and 24 waiting requests (half streaming), then SIGTERM: every client
    gets a complete answer or an OpenAI-shaped error; 0 plain-text 500s, 0 streams cut without ``[DONE]``, no
    traceback in the log, exit within the drain timeout + 2 s.
@@ -139,19 +141,51 @@ with httpx.Client(timeout=60) as c:
 """
 
 
-def stall(model: str, runs: int = 3, tokens: int = 200, pause_s: float = 0.25) -> dict[str, Any]:
+SINK = """
+import asyncio
+BODY = b'{"error": {"message": "too large", "type": "invalid_request_error", "param": null, "code": null}}'
+async def answer(reader, writer):
+    try:
+        await reader.readuntil(b"\\r\\n\\r\\n")  # the headers; the body is never read, as our server does
+        writer.write(b"HTTP/1.1 413 Payload Too Large\\r\\ncontent-type: application/json\\r\\nconnection: close"
+                     b"\\r\\ncontent-length: " + str(len(BODY)).encode() + b"\\r\\n\\r\\n" + BODY)
+        await writer.drain()
+    except (ConnectionError, asyncio.IncompleteReadError):
+        pass
+    writer.close()
+async def main():
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    print(server.sockets[0].getsockname()[1], flush=True)
+    await server.serve_forever()
+asyncio.run(main())
+"""
+
+
+def stall(model: str, runs: int = 3, tokens: int = 200, pause_s: float = 0.25, control: bool = False) -> dict[str, Any]:
     """The stream's largest gap alone and while another process sends 10 MB bodies, ``pause_s`` apart.
 
     With ``pause_s=0`` the sender sends back to back and keeps a whole core busy copying bytes: on a small
     shared machine that slows every process, the server's or not, so the target uses a paced sender.
+    ``control=True`` aims the sender at ``SINK`` instead of the server: what the machine's load alone costs.
     """
+    sink = subprocess.Popen([sys.executable, "-c", SINK], stdout=subprocess.PIPE, text=True) if control else None
+    try:
+        sink_url = f"http://127.0.0.1:{int(sink.stdout.readline())}" if sink else None
+        return _stall(model, runs, tokens, pause_s, sink_url)
+    finally:
+        if sink is not None:
+            sink.kill()
+            sink.wait()
+
+
+def _stall(model: str, runs: int, tokens: int, pause_s: float, sink_url: str | None) -> dict[str, Any]:
     with start_server(model, max_batch=4) as server:
         _largest_gap_s(server.url, server.model_name, 20)  # warm-up
         alone, loaded, answers = [], [], []
         for _ in range(runs):
             alone.append(_largest_gap_s(server.url, server.model_name, tokens))
-            sender = subprocess.Popen([sys.executable, "-c", SENDER, server.url, server.model_name, str(pause_s)],
-                                      stdout=subprocess.PIPE, text=True)
+            sender = subprocess.Popen([sys.executable, "-c", SENDER, sink_url or server.url, server.model_name,
+                                       str(pause_s)], stdout=subprocess.PIPE, text=True)
             try:
                 answers.append(sender.stdout.readline().split())  # the first 10 MB body was answered
                 loaded.append(_largest_gap_s(server.url, server.model_name, tokens))
@@ -217,16 +251,11 @@ def sigterm(model: str, drain_timeout_s: float = 5.0) -> dict[str, Any]:
     return {**out, "drain_timeout_s": drain_timeout_s, "traceback": "Traceback" in log or "CancelledError" in log}
 
 
-def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="smml bench serving_soak", description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="tiny")
-    p.add_argument("--requests", type=int, default=1000)
-    p.add_argument("--concurrency", type=int, default=32)
-    args = p.parse_args(argv)
-    verdict = {True: "PASS", False: "MISS"}
-    print(f"machine: {device_name()} / {cpu_name()}; model {args.model}")
+VERDICT = {True: "PASS", False: "MISS"}
 
-    s = soak(args.model, args.requests, args.concurrency)
+
+def _print_soak(args: argparse.Namespace, s: dict[str, Any]) -> None:
+    verdict = VERDICT
     growth = (s["rss1"] - s["rss0"]) / s["rss0"]
     print(f"\n1. soak: {args.requests} requests (half chat, half completions, a third streaming) at concurrency "
           f"{args.concurrency} through AsyncOpenAI in {s['wall_s']:.1f} s: {s['kinds']['ok']} answered, "
@@ -237,10 +266,14 @@ def main(argv: list[str]) -> int:
     print(f"   server RSS {s['rss0'] / 1e6:.1f} MB -> {s['rss1'] / 1e6:.1f} MB ({100 * growth:+.2f}%, target < "
           f"{100 * GROWTH_TARGET:.0f}%)  {verdict[growth < GROWTH_TARGET]}")
 
-    for pause_s in (0.25, 0.0):
-        st = stall(args.model, pause_s=pause_s)
+
+def _print_stalls(model: str) -> None:
+    verdict = VERDICT
+    for pause_s, control in ((0.25, False), (0.0, False), (0.0, True)):
+        st = stall(model, pause_s=pause_s, control=control)
         codes = sorted({c for c, _ in st["answers"]})
         how = f"one every {pause_s} s" if pause_s else "back to back (the sender saturates a core)"
+        how += ", CONTROL: sent to a sink that is not our server" if control else ""
         print(f"\n2. stall, 10 MB bodies {how}: largest inter-token gap of a 200-token stream, alone "
               f"{', '.join(f'{1e3 * g:.1f}' for g in st['alone_s'])} ms; with the sender "
               f"{', '.join(f'{1e3 * g:.1f}' for g in st['loaded_s'])} ms ({len(st['answers'])} bodies answered "
@@ -248,7 +281,9 @@ def main(argv: list[str]) -> int:
         target = f"target < {STALL_TARGET:.0f}x  {verdict[st['ratio'] < STALL_TARGET]}" if pause_s else "context"
         print(f"   ratio of medians {st['ratio']:.2f}x ({target})")
 
-    t = sigterm(args.model)
+
+def _print_sigterm(t: dict[str, Any]) -> None:
+    verdict = VERDICT
     print(f"\n3. SIGTERM with {t['state']['running']} running and {t['state']['waiting']} waiting (drain timeout "
           f"{t['drain_timeout_s']:.0f} s): {t['complete']} complete answers, {t['shaped_errors']} OpenAI-shaped errors "
           f"of {t['total']} requests; no answer {t['no_answer']}")
@@ -258,6 +293,23 @@ def main(argv: list[str]) -> int:
     print(f"   exit {t['exit_s']:.2f} s after SIGTERM (target < {t['drain_timeout_s'] + 2:.0f} s)  "
           f"{verdict[t['exit_s'] < t['drain_timeout_s'] + 2]}; traceback in the log: {t['traceback']}  "
           f"{verdict[not t['traceback']]}")
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="smml bench serving_soak", description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="tiny")
+    p.add_argument("--requests", type=int, default=1000)
+    p.add_argument("--concurrency", type=int, default=32)
+    p.add_argument("--parts", nargs="+", choices=["soak", "stall", "sigterm"], default=["soak", "stall", "sigterm"])
+    args = p.parse_args(argv)
+    print(f"machine: {device_name()} / {cpu_name()}; model {args.model}")
+
+    if "soak" in args.parts:
+        _print_soak(args, soak(args.model, args.requests, args.concurrency))
+    if "stall" in args.parts:
+        _print_stalls(args.model)
+    if "sigterm" in args.parts:
+        _print_sigterm(sigterm(args.model))
     return 0
 
 

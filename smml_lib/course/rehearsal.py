@@ -34,7 +34,9 @@ from smml_lib.course.runner import discover_notebooks
 from smml_lib.models.tiny import build_twin
 
 REHEARSAL_13B_LAYERS = 2
-CLUSTER_LOCK = "/tmp/smml-cluster.lock"  # one local Slurm cluster per machine: Module 03's labs 01-03 take turns
+# One local Slurm cluster per machine: Module 03's labs 01-03 take turns. Not the cluster's own start/stop lock
+# (``<state dir>.lock``): the lab would wait forever for the lock its own ``flock`` parent holds.
+CLUSTER_LOCK = "/tmp/smml-rehearsal-cluster.lock"
 TWIN_1B, TWIN_13B = "{twin_1b}", "{twin_13b}"  # replaced by the twins' folders
 
 # Per lab: the parameters a rehearsal changes (sizes only; mode=real is added to every lab).
