@@ -51,7 +51,7 @@ REHEARSAL_PARAMS: dict[str, dict[str, Any]] = {
                  layer_tokens=[1, 16], dtype_size=128, wave_range=[240, 265, 8], mamf_budget_s=3.0),
     "01-3": dict(model_id=TWIN_1B, prompt_tokens=8, new_tokens=4, batch_sizes=[1, 4], repeats=1,
                  matmul_size=256, copy_mib=64),
-    "02-1": dict(big_model_id=TWIN_13B, small_model_id=TWIN_1B, num_gpus=2, new_tokens=4, gpu_budget="1GiB",
+    "02-1": dict(big_model_id=TWIN_13B, small_model_id=TWIN_1B, num_gpus=2, new_tokens=4, gpu_budget="2GiB",
                  matmul_size=256, copy_mib=64, tp_layers=1, tp_seq_len=16, tp_iters=2),
     "02-2": dict(nproc=2, coll_max_bytes="16M", coll_iters=3, coll_warmup=1, ddp_layers=1, ddp_seq_len=32,
                  ddp_max_steps=5),

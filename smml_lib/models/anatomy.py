@@ -92,6 +92,11 @@ class ModelDims:
                    attention_bias=bool(c.get("attention_bias")), mlp_bias=bool(c.get("mlp_bias")))
 
     @property
+    def tied_params(self) -> int:
+        """Parameters shared by the embedding and the output head (0 when untied): Llama-3.2-1B's 262.7 M."""
+        return self.vocab_size * self.hidden_size if self.tie_word_embeddings else 0
+
+    @property
     def q_dim(self) -> int:
         """Width of all query heads together (``num_heads x head_dim``)."""
         return self.num_heads * self.head_dim
