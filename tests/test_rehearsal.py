@@ -8,9 +8,9 @@ from pathlib import Path
 from smml_lib.cluster.host import state_dir
 from smml_lib.course import rehearsal
 from smml_lib.course.plainrun import code_cells, declared_parameters
-from smml_lib.course.runner import discover_notebooks
+from smml_lib.course.runner import discover_notebooks, lab_number
 
-LABS = {rehearsal.lab_number(nb): nb for nb in discover_notebooks(include_solutions=False)}
+LABS = {lab_number(nb): nb for nb in discover_notebooks(include_solutions=False)}
 
 
 def test_every_lab_is_rehearsed_and_changes_only_its_declared_parameters():

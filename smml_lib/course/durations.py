@@ -15,8 +15,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from smml_lib.common.paths import repo_root
 from smml_lib.course.l4_fit import notebook_params
-from smml_lib.distributed.collectives import message_sizes, parse_size
+from smml_lib.course.runner import discover_notebooks, lab_number
+from smml_lib.distributed.collectives import collective_time_s, message_sizes, parse_size
 from smml_lib.models import anatomy
 from smml_lib.perf.hardware import lookup_spec
 
@@ -30,23 +32,8 @@ LAB_START_S = 15.0  # ASSUMPTION: kernel start, imports, CUDA initialisation
 LAUNCH_S = 20.0  # ASSUMPTION: one torchrun launch: processes, CUDA and NCCL initialisation, model build
 SLURM_S = 30.0  # ASSUMPTION: the local two-node Slurm cluster starting, or one job's scheduling and start
 ONE_B, BIG = anatomy.preset_config("Llama-3.2-1B"), anatomy.preset_config("Llama-2-13b")
-LABS = {"00-1": "00_Getting_Started/01_environment_and_vocabulary.ipynb",
-        "00-2": "00_Getting_Started/02_model_anatomy.ipynb", "00-3": "00_Getting_Started/03_running_a_model.ipynb",
-        "00-4": "00_Getting_Started/04_compiling_a_model.ipynb",
-        "01-1": "01_Leveraging_Hardware/01_llama_on_one_gpu.ipynb",
-        "01-2": "01_Leveraging_Hardware/02_gemm_and_roofline.ipynb",
-        "01-3": "01_Leveraging_Hardware/03_optimizing_llama.ipynb",
-        "02-1": "02_Multi-Accelerator_Distribution/01_big_model_on_four_gpus.ipynb",
-        "02-2": "02_Multi-Accelerator_Distribution/02_parallelism_and_collectives.ipynb",
-        "02-3": "02_Multi-Accelerator_Distribution/03_ddp_vs_fsdp_training.ipynb",
-        "02-4": "02_Multi-Accelerator_Distribution/04_scaling_laws.ipynb",
-        "03-1": "03_Multi-Node_Orchestration/01_orchestrators_and_local_cluster.ipynb",
-        "03-2": "03_Multi-Node_Orchestration/02_multi_node_training.ipynb",
-        "03-3": "03_Multi-Node_Orchestration/03_networking_and_checkpoints.ipynb",
-        "03-4": "03_Multi-Node_Orchestration/04_inference_server.ipynb",
-        "04-1": "04_Cost_Optimization/01_capacity_and_prices.ipynb",
-        "04-2": "04_Cost_Optimization/02_cost_per_token_and_training_run.ipynb",
-        "04-3": "04_Cost_Optimization/03_spot_interruption_drill.ipynb"}
+LABS = {lab_number(nb): nb.relative_to(repo_root()).as_posix()  # "00-3" -> its notebook, from the repository root
+        for nb in discover_notebooks(include_solutions=False)}
 
 
 def roofline_s(flops: float, nbytes: float, dtype: str = "bf16") -> float:
@@ -76,7 +63,7 @@ def train_step_s(cfg: Any, *, tokens_per_gpu: int, gpus: int = 1, layers: int | 
     cfg = cfg | ({"num_hidden_layers": layers} if layers else {})
     params = anatomy.count_params_from_config(cfg)
     compute = roofline_s(6 * params * tokens_per_gpu, 16 * params)
-    comm = 0.0 if gpus == 1 else 2 * (gpus - 1) / gpus * 2 * params / (BUS_GB_PER_S * 1e9)
+    comm = collective_time_s("all_reduce", 2 * params, gpus, BUS_GB_PER_S)  # bf16 gradients; 0 for one GPU
     return compute + comm + 3 * FORWARD_OVERHEAD_S
 
 

@@ -29,6 +29,7 @@ from smml_lib.common.paths import repo_root
 from smml_lib.course.plainrun import code_cells, declared_parameters
 from smml_lib.distributed.collectives import parse_size
 from smml_lib.models import anatomy, device_map, planner
+from smml_lib.perf import gemm
 
 GIB = 2**30
 L4_USABLE_GIB = 22888 / 1024  # 22.35 GiB: an L4's memory as EC2's DescribeInstanceTypes reports it
@@ -72,8 +73,8 @@ def inference_peak_bytes(cfg: Any, *, dtype: str = "bf16", batch: int = 1, forwa
 
 
 def gemm_bytes(n: int, dtype: str) -> float:
-    """The three operands of an n x n x n matmul."""
-    return 3 * n * n * bytes_per_element(dtype)
+    """The three operands of an n x n x n matmul (``gemm.gemm_min_bytes``: the bytes its roofline counts)."""
+    return gemm.gemm_min_bytes(n, n, n, dtype)
 
 
 def training_peak_bytes(model: str, *, layers: int | None, strategy: str, num_gpus: int, micro_batch: int,

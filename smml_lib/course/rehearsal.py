@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from smml_lib.common.paths import cache_dir, repo_root
-from smml_lib.course.runner import discover_notebooks
+from smml_lib.course.runner import discover_notebooks, lab_number
 from smml_lib.models.tiny import build_twin
 
 REHEARSAL_13B_LAYERS = 2
@@ -83,11 +83,6 @@ class Rehearsal:
     summary: str = ""
     error: str = ""
     log: str = ""
-
-
-def lab_number(notebook: Path) -> str:
-    """``00_Getting_Started/03_running_a_model.ipynb`` -> ``"00-3"``."""
-    return f"{notebook.parent.name[:2]}-{int(notebook.name[:2])}"
 
 
 def twins(root: Path | None = None) -> dict[str, Path]:

@@ -32,6 +32,11 @@ SMOKE_PARAMETERS: dict[str, Any] = {"mode": "smoke"}  # what CI passes to every 
 SOLUTIONS_DIR = "solutions"
 
 
+def lab_number(notebook: Path) -> str:
+    """``00_Getting_Started/03_running_a_model.ipynb`` -> ``"00-3"`` (module folder, then notebook number)."""
+    return f"{notebook.parent.name[:2]}-{int(notebook.name[:2])}"
+
+
 def discover_notebooks(include_solutions: bool = True, only: str | None = None) -> list[Path]:
     """Every notebook under the numbered module folders, in course order (checkpoints excluded)."""
     out = []
