@@ -76,7 +76,7 @@ def write_report(runs: list[Any], run_dir: Path, parameters: dict[str, Any], *, 
         figs = "<br>".join(f"<span class='fig'>{html.escape(f['name'])} = <b>{html.escape(_fmt(f['value']))}</b> "
                            f"{html.escape(str(f.get('unit', '')))}</span>" for f in r.key_figures)
         check = f"{r.checks.get('passed')}/{r.checks.get('total')}" if r.checks else "-"
-        if r.checks.get("needs_gpu"):  # real mode on a CPU: listed, not judged
+        if r.checks and r.checks.get("needs_gpu"):  # real mode on a CPU: listed, not judged
             check += "<br><small>needs a GPU: " + "; ".join(html.escape(n) for n in r.checks["needs_gpu"]) + "</small>"
         src = f" <code>{html.escape(r.error_source[:100])}</code>" if getattr(r, "error_source", "") else ""
         err = (f"<div class='err'>cell {r.error_cell}{src}: {html.escape(r.error[:600])}</div>" if r.error else "")
