@@ -71,6 +71,13 @@ def _cluster_test_ids() -> tuple[str, set[str]]:
     return "tests/test_cluster.py::", notebooks
 
 
+def _modules_with_module_fixtures() -> set[str]:
+    """Test files that define a module-scoped fixture (a server, a reference training run): split over two
+    workers, each worker would build it again (test_train_dist's reference run costs ~20 s)."""
+    return {f"tests/{p.name}" for p in (REPO / "tests").glob("test_*.py")
+            if '@pytest.fixture(scope="module")' in p.read_text()}
+
+
 try:
     import xdist  # noqa: F401  (the hook below is only known to pytest when pytest-xdist is installed)
 except ImportError:
@@ -79,18 +86,24 @@ else:
     def pytest_xdist_make_scheduler(config, log):
         """Two workers share the tests (the test command passes ``-n 2``), except that there is one local
         Slurm cluster per machine: tests/test_cluster.py and the labs that start the cluster form one unit
-        that runs on one worker, in order. (xdist's own ``xdist_group`` grouping does not take effect with
-        pytest 9.2, whose node ids it can no longer rewrite; this scheduler works from the ids alone.)"""
+        that runs on one worker, in order; a test file with a module-scoped fixture is one unit too, so the
+        fixture is built once. Every other test is a unit of its own. xdist hands out the units with the most
+        tests first, then the rest in collection order (which ``pytest_collection_modifyitems`` sorts
+        longest first), one at a time to whichever worker runs short: the long units do not end up last,
+        where one worker would run them while the other waits. (xdist's own ``xdist_group`` grouping does not
+        take effect with pytest 9.2, whose node ids it can no longer rewrite; this works from the ids alone.)"""
         from xdist.scheduler import LoadScopeScheduling
 
         prefix, notebooks = _cluster_test_ids()
+        grouped = _modules_with_module_fixtures()
 
         class ClusterUnitScheduling(LoadScopeScheduling):
             def _split_scope(self, nodeid: str) -> str:
                 if nodeid.startswith(prefix) or (nodeid.startswith("tests/test_notebooks.py::")
                                                  and nodeid.rsplit("[", 1)[-1].rstrip("]") in notebooks):
                     return "local-slurm-cluster"
-                return nodeid
+                module = nodeid.split("::", 1)[0]
+                return module if module in grouped else nodeid
 
         return ClusterUnitScheduling(config, log)
 
@@ -104,8 +117,22 @@ def pytest_sessionfinish(session, exitstatus):
         shutil.rmtree(_CREATED_OUTPUT_DIR, ignore_errors=True)
 
 
+def _expected_cost(item) -> tuple[int, str]:
+    """Sort key, longest first: lab notebooks (later labs are the longer ones), then tests marked ``slow``,
+    then the rest in file order. Cluster tests keep their place (they are one unit, in order)."""
+    if "cluster" in item.keywords:
+        return (3, "")
+    if "notebook" in item.keywords and "solutions" not in item.nodeid:
+        return (0, "".join(chr(255 - ord(c)) for c in item.nodeid))  # descending: 04-3, 04-2, ..., 00-1
+    return (1, "") if "slow" in item.keywords else (2, "")
+
+
 def pytest_collection_modifyitems(config, items):
-    """Tests marked ``gpu`` need a CUDA GPU: on a CPU-only machine (CI) they are skipped with that reason."""
+    """Under xdist, order the tests longest first (see the scheduler above).
+
+    Tests marked ``gpu`` need a CUDA GPU: on a CPU-only machine (CI) they are skipped with that reason."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # a single process keeps the file order
+        items.sort(key=_expected_cost)  # stable: equal keys keep their order
     import torch  # deferred: CUDA_VISIBLE_DEVICES above must be set before torch looks for GPUs
 
     if torch.cuda.is_available():

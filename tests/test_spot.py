@@ -1,8 +1,10 @@
 """The spot interruption drill: the simulated metadata service, and the drill end to end on 2 gloo ranks.
 
-All traffic stays on 127.0.0.1. The end-to-end test is the issue's acceptance test: with a notice the run
-loses no step; killed without warning it loses only the steps since its last checkpoint; either way the
-resumed run ends with parameters bitwise equal to an uninterrupted run's.
+All traffic stays on 127.0.0.1. The end-to-end test is the issue's acceptance test for a run killed without
+warning: it loses only the steps since its last checkpoint, and the resumed run ends with parameters bitwise
+equal to an uninterrupted run's. The notice scenario (no step lost, the checkpoint saved inside the window,
+bitwise equal) is Lab 04-3's own check cell, which ``tests/test_notebooks.py`` runs: each drill scenario costs
+two 2-rank launches, so it is run once in the suite, not twice.
 """
 
 from __future__ import annotations
@@ -89,24 +91,18 @@ def test_drill_config_is_checked():
 
 
 @pytest.mark.slow
-def test_drill_loses_nothing_with_notice_and_at_most_the_steps_since_checkpoint_when_killed(tmp_path):
-    # interrupt right after step 5: the notice run stops a step or two later; the kill lands before step 8's save
+def test_drill_killed_without_warning_loses_at_most_the_steps_since_checkpoint(tmp_path):
+    # interrupt right after step 5: the kill lands before step 8's save
     cfg = spot_drill.DrillConfig(spot_drill.DRILL_TRAINING.replace(max_steps=10, checkpoint_every=4),
                                  interrupt_after_step=5, echo=False, workdir=str(tmp_path), timeout_s=300)
-    report = spot_drill.run_drill(cfg, scenarios=("notice", "kill"))
-    notice, kill = report.row("notice"), report.row("kill")
-    # with the notice: it checkpoints at the step it stops after, inside the window, and loses nothing
-    assert notice["stopped_cleanly"] and notice["steps_lost"] == 0
-    assert notice["checkpoint_step"] == notice["interrupted_after_step"] < cfg.max_steps
-    assert 0 < notice["event_to_checkpoint_s"] < cfg.notice_window_s
-    assert notice["resumed_from_step"] == notice["checkpoint_step"]
+    report = spot_drill.run_drill(cfg, scenarios=("kill",))
+    kill = report.row("kill")
     # killed without warning: it restarts from the last periodic checkpoint, losing the steps since then
     # (a kill during a save leaves only a .partial folder: then the previous checkpoint counts, at most `every` back)
     last = kill["interrupted_after_step"]
     assert not kill["stopped_cleanly"] and kill["checkpoint_step"] % cfg.checkpoint_every == 0
     assert 0 <= kill["steps_lost"] == last - kill["checkpoint_step"] <= cfg.checkpoint_every
     assert kill["resumed_from_step"] == kill["checkpoint_step"]
-    # either way, the resumed run ends with exactly the uninterrupted run's parameters (CPU: bitwise)
-    assert notice["bitwise_equal"] and kill["bitwise_equal"]
-    assert notice["max_abs_diff"] == kill["max_abs_diff"] == 0.0
-    assert json.loads((tmp_path / "report.json").read_text())["rows"][0]["scenario"] == "notice"
+    # the resumed run ends with exactly the uninterrupted run's parameters (CPU: bitwise)
+    assert kill["bitwise_equal"] and kill["max_abs_diff"] == 0.0
+    assert json.loads((tmp_path / "report.json").read_text())["rows"][0]["scenario"] == "kill"

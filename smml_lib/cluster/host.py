@@ -180,8 +180,8 @@ def write_slurm_conf(d: Path, nodes: list[str], cpus_per_node: int) -> Path:
         "SlurmUser=root", "SlurmdUser=root",
         "AuthType=auth/munge", "CredType=cred/munge",
         # cred_expire: how long a revoked job credential is remembered, and so how long a requeued job is
-        # held before it may start again (BeginTime); Slurm's default is 120 s
-        f"AuthInfo=socket={d / 'munge' / 'munge.socket'},cred_expire=10",
+        # held before it may start again (BeginTime: cred_expire + 1 s); Slurm's default is 120 s, its minimum 5 s
+        f"AuthInfo=socket={d / 'munge' / 'munge.socket'},cred_expire=5",
         "SchedulerParameters=sched_interval=2,bf_interval=2",  # a tiny queue: look for startable jobs often
         f"StateSaveLocation={d / 'state'}",
         f"SlurmdSpoolDir={d / 'spool' / '%n'}",

@@ -177,7 +177,7 @@ def follow(run: JobRun, cluster: Any = None, *, timeout_s: float = 300.0, poll_s
     """Poll the job until it ends; record each state change in ``run.timeline`` (and print it).
 
     A requeued job waits in PENDING (reason ``BeginTime``) until its old job credential has expired
-    (slurm.conf ``AuthInfo=cred_expire``: 120 s by default, 10 s on the local cluster).
+    (slurm.conf ``AuthInfo=cred_expire``: 120 s by default, 5 s on the local cluster).
 
     Args:
         preempt_when: called with the log while the first run is RUNNING; when true, ``preempt`` the job once.
