@@ -59,19 +59,6 @@ def test_nodes_are_idle_namespace_hosts_with_their_own_addresses(running_cluster
     assert not again.started_here and again.conf == running_cluster.conf
 
 
-@needs_cluster
-def test_two_node_torchrun_job(running_cluster):
-    job = sbatch.TorchrunJob("hello", nodes=2, nproc_per_node=1, name="hello")
-    run = jobs.submit_and_follow(job, running_cluster, timeout_s=240, echo=False)
-    assert run.ok and run.exit_code == "0:0" and run.nodes == "node[1-2]"
-    assert [r["state"] for r in run.timeline][-1] == "COMPLETED" and "RUNNING" in run.frame()["state"].tolist()
-    df = run.results().sort_values("rank")
-    assert list(df["node"]) == ["node1", "node2"] and list(df["node_ip"]) == ["10.213.0.11", "10.213.0.12"]
-    assert (df["ifname"] == "smml0").all() and (df["allreduce_sum"] == 1).all()
-    port = 20000 + (int(run.job_id) % 3000) * 4  # a port per job id (and restart)
-    assert f"rendezvous 10.213.0.11:{port}" in run.log()
-    queue = jobs.queue_frame(running_cluster)
-    assert run.job_id not in set(queue["job_id"])  # finished jobs leave the queue
 
 
 @needs_cluster
@@ -87,13 +74,22 @@ def test_failed_job_reports_rank_node_and_traceback(running_cluster):
 
 
 @needs_cluster
-def test_preempted_job_saves_requeues_and_resumes(running_cluster):
-    job = sbatch.TorchrunJob("hello", ["--steps", "8", "--step-s", "0.5", "--resume"], nodes=2,
-                            name="preempt")
+def test_two_node_job_runs_and_a_preempted_one_saves_requeues_and_resumes(running_cluster):
+    """One 2-node torchrun job (each job costs ~10 s of start-up here): it runs on both nodes, is preempted
+    after step 3, requeued, and its second run resumes from the checkpoint and completes."""
+    job = sbatch.TorchrunJob("hello", ["--steps", "8", "--step-s", "0.5", "--resume"], nodes=2, nproc_per_node=1,
+                             name="preempt")
     run = jobs.submit_and_follow(job, running_cluster, timeout_s=300, echo=False, preempt_when=jobs.after_step(3))
-    assert run.ok and run.restarts == 1
-    assert "SIGUSR1" in run.log() and "requeueing job" in run.log()
-    df = run.results()
+    assert run.ok and run.exit_code == "0:0" and run.nodes == "node[1-2]"
+    assert [r["state"] for r in run.timeline][-1] == "COMPLETED" and "RUNNING" in run.frame()["state"].tolist()
+    df = run.results().sort_values("rank")
+    assert list(df["node"]) == ["node1", "node2"] and list(df["node_ip"]) == ["10.213.0.11", "10.213.0.12"]
+    assert (df["ifname"] == "smml0").all() and (df["allreduce_sum"] == 1).all()
+    port = 20000 + (int(run.job_id) % 3000) * 4  # a port per job id and restart: +0 first, +1 after the requeue
+    assert f"rendezvous 10.213.0.11:{port}," in run.log() and f"rendezvous 10.213.0.11:{port + 1}," in run.log()
+    assert run.job_id not in set(jobs.queue_frame(running_cluster)["job_id"])  # finished jobs leave the queue
+    # the preemption: SIGUSR1, a checkpoint, the requeue, and a second run that resumes after step 3
+    assert run.restarts == 1 and "SIGUSR1" in run.log() and "requeueing job" in run.log()
     assert (df["restart"] == 1).all() and (df["first_step"] >= 4).all() and (df["last_step"] == 8).all()
 
 

@@ -111,13 +111,14 @@ def test_gpu_reference_script_dry_run_on_cpu(tmp_path):
     script = repo_root() / "scripts" / "gpu_reference.sh"
     bad = subprocess.run(["bash", str(script), "nonsense"], env=env, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "unknown step nonsense" in bad.stderr
-    proc = subprocess.run(["bash", str(script), "env", "lab01-2"], env=env, capture_output=True, text=True,
+    # lab01-1: the shortest Module 01 lab (the notebook tests run all of them)
+    proc = subprocess.run(["bash", str(script), "env", "lab01-1"], env=env, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "=== lab01-2: rc=0" in proc.stdout and "PASSED 02_gemm_and_roofline.ipynb" in proc.stdout
+    assert "=== lab01-1: rc=0" in proc.stdout and "PASSED 01_llama_on_one_gpu.ipynb" in proc.stdout
     with tarfile.open(out / "reference.tar.gz") as tar:
         names = set(tar.getnames())
-    assert {"./results/m01_gemm_sweep.json", "./results/m01_mamf.json", "./logs/env.log"} <= names
+    assert {"./results/m01_llama_generation.json", "./logs/env.log", "./logs/lab01-1.log"} <= names
 
 
 def test_twin_on_cuda_without_a_gpu_says_what_to_do(tmp_path, monkeypatch, capsys):
