@@ -59,8 +59,6 @@ def test_nodes_are_idle_namespace_hosts_with_their_own_addresses(running_cluster
     assert not again.started_here and again.conf == running_cluster.conf
 
 
-
-
 @needs_cluster
 def test_failed_job_reports_rank_node_and_traceback(running_cluster):
     job = sbatch.TorchrunJob("hello", ["--steps", "4", "--inject-fault", "crash", "--fault-rank", "1",
