@@ -9,13 +9,18 @@ above ``distributed`` and ``checkpoint`` (the modules torchrun runs use both); t
 Imports are read from the source with ``ast``, at module level and inside functions alike. An import of
 another ``smml_lib`` module belongs at module level; a third-party import inside a function must say
 why it is deferred in a comment on its line or the line above (an optional extra such as boto3 or
-fastapi, a GPU-only path, a heavy library most callers never need).
+fastapi, a GPU-only path, a heavy library most callers never need). The entry points that start most often
+(a hello rank, a lab's first imports) are imported in a fresh interpreter to show they leave transformers and
+``torch.distributed.checkpoint`` unimported.
 """
 
 from __future__ import annotations
 
 import ast
+import json
 import re
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -271,3 +276,28 @@ def test_modules_stay_small_or_say_why():
             long.append(f"{m}: {n} lines")
     assert not long, ("modules over ~300 lines: split them, or say in the docstring why not "
                       "('Longer than ~300 lines because ...'):\n  " + "\n  ".join(long))
+
+
+# Processes that start often and need no model: each is imported in a fresh interpreter, and none of these
+# heavy libraries may come with it. A torchrun rank of the hello worker pays for every import once per rank
+# per launch, a notebook kernel once per lab; `transformers`' Llama classes cost about 3 s of CPU on a 2-core
+# machine and `torch.distributed.checkpoint` about 0.8 s. Modules that build or load a model import them
+# inside the function that does (the deferral is commented there).
+LIGHT_IMPORTS = {
+    "smml_lib.distributed.workers.hello": ("torch.distributed.checkpoint", "transformers"),
+    "smml_lib.course": ("transformers",),
+    "smml_lib.distributed.analysis": ("transformers", "tokenizers"),
+    "smml_lib.models.loading": ("transformers", "tokenizers"),
+}
+
+
+def test_light_entry_points_leave_heavy_libraries_unimported():
+    code = ("import importlib, json, sys\nout = {}\n"
+            f"for mod, heavy in {LIGHT_IMPORTS!r}.items():\n"
+            "    importlib.import_module(mod)\n"
+            "    out[mod] = [h for h in heavy if h in sys.modules]\n"
+            "print(json.dumps(out))\n")
+    # one interpreter for all, imported in this order: a library flagged first at an entry point came with it
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    loaded = {m: h for m, h in json.loads(out.stdout.splitlines()[-1]).items() if h}
+    assert not loaded, f"these imports pull in heavy libraries they do not need: {loaded}"

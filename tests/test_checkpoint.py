@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from smml_lib.checkpoint import sharded as ckpt
+from smml_lib.checkpoint.stop import StopRequest
 from smml_lib.distributed.runtime import init_distributed
 
 
@@ -79,7 +80,7 @@ def test_notice_url_with_imdsv2_token():
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}/latest/meta-data/spot/instance-action"
     try:
-        stop = ckpt.StopRequest().watch_notice_url(url, poll_s=0.05, imdsv2=True)
+        stop = StopRequest().watch_notice_url(url, poll_s=0.05, imdsv2=True)
         time.sleep(0.4)
         assert not stop.requested and _Metadata.tokens_issued >= 1  # 404: no notice yet
         _Metadata.notice = True
@@ -93,7 +94,7 @@ def test_notice_url_with_imdsv2_token():
 
 
 def test_unreachable_notice_url_keeps_training():
-    stop = ckpt.StopRequest().watch_notice_url("http://127.0.0.1:9/none", poll_s=0.05, timeout_s=0.2)
+    stop = StopRequest().watch_notice_url("http://127.0.0.1:9/none", poll_s=0.05, timeout_s=0.2)
     time.sleep(0.3)
     assert not stop.requested and stop.poll_errors >= 1
 
@@ -101,7 +102,7 @@ def test_unreachable_notice_url_keeps_training():
 def test_signals_set_the_flag():
     old = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)}
     try:
-        stop = ckpt.StopRequest().install_signal_handlers()
+        stop = StopRequest().install_signal_handlers()
         os.kill(os.getpid(), signal.SIGUSR1)
         time.sleep(0.05)
         assert stop.requested and "SIGUSR1" in stop.reason

@@ -69,7 +69,7 @@ def test_notice_server_imdsv2_tokens():
 
 def test_worker_notice_poller_sees_the_notice(monkeypatch):
     """Module 02's stop flag (the one the training worker uses) against our server, IMDSv2 included."""
-    from smml_lib.checkpoint.sharded import StopRequest
+    from smml_lib.checkpoint.stop import StopRequest
 
     with metadata_service.NoticeServer(require_token=True) as server:
         stop = StopRequest().watch_notice_url(server.url, poll_s=0.05, imdsv2=True)

@@ -23,6 +23,7 @@ import pytest
 import torch
 
 from smml_lib.checkpoint import sharded as ckpt
+from smml_lib.checkpoint.stop import EXIT_STOPPED
 from smml_lib.distributed.launcher import launch, start
 from smml_lib.distributed.workers import train
 
@@ -117,7 +118,7 @@ def test_sigterm_stops_with_checkpoint_then_resume_is_exact(reference, tmp_path)
         job._pump(0.1)
     job.stop()  # SIGTERM to torchrun, which forwards it to both ranks
     df = job.wait()
-    assert df.attrs["stopped_early"] and df["stopped_early"].all() and (df["exit_code"] == ckpt.EXIT_STOPPED).all()
+    assert df.attrs["stopped_early"] and df["stopped_early"].all() and (df["exit_code"] == EXIT_STOPPED).all()
     last = int(df["last_step"].iloc[0])
     assert (df["last_step"] == last).all() and (df["steps_since_checkpoint"] == 0).all()
     assert "SIGTERM" in " ".join(df["stop_reason"])

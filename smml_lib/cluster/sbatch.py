@@ -13,7 +13,7 @@ starts one process per GPU. How the pieces find each other:
   the node exports ``FI_PROVIDER=efa`` and ``FI_EFA_FORK_SAFE=1`` so NCCL's aws-ofi-nccl plugin uses it;
 - *preemption*: ``--requeue`` plus ``--signal=B:USR1@<lead>``: before the time limit (or when
   ``preempt()`` simulates it) the script receives SIGUSR1 and sends SIGTERM to the job steps; torchrun
-  forwards it to the workers, which finish the step, save a checkpoint and exit (``smml_lib.checkpoint.sharded``);
+  forwards it to the workers, which finish the step, save a checkpoint and exit (``smml_lib.checkpoint.stop``);
   then the script requeues the job, which starts again and resumes (``--resume``).
 
 The same script runs unchanged on the course cluster and on the local one (``smml_lib.cluster.local_cluster``); only the

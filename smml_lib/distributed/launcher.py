@@ -19,7 +19,7 @@ from ``__main__``, and a crashed child hangs the kernel):
    carrying this launch's ``SMML_LAUNCH_ID`` get SIGTERM, then SIGKILL after a grace period.
 
 A worker that stopped cooperatively (SIGTERM, interruption notice; exit code 75, see
-``smml_lib.checkpoint.sharded``) is not an error: the DataFrame comes back with ``stopped_early`` rows.
+``smml_lib.checkpoint.stop``) is not an error: the DataFrame comes back with ``stopped_early`` rows.
 ``start(...)`` returns a ``Job`` handle instead of waiting, for drills that stop a running job.
 """
 

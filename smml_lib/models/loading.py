@@ -32,7 +32,6 @@ from huggingface_hub.errors import (
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from smml_lib.common.device import NoGpuError, resolve_device, resolve_dtype
 from smml_lib.common.object_storage import StorageError, fetch_folder
@@ -172,6 +171,9 @@ def load_llama(model_id: str = "tiny", *, dtype: Any = "auto", device: Any = "au
     Returns:
         ``(model, tokenizer)``; the tokenizer pads on the left (right for training is up to you).
     """
+    # deferred: heavy (2-3 s of imports); callers that only resolve or check a checkpoint never need it
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     path, kind = resolve_checkpoint(model_id, token=token, revision=revision, timeout_s=timeout_s)
     check_llama_folder(path)  # a wrong folder fails here, before any weight is read
     try:

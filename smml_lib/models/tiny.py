@@ -25,8 +25,6 @@ from importlib import resources
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from smml_lib.common.device import resolve_dtype
 from smml_lib.common.paths import cache_dir
@@ -76,6 +74,9 @@ def train_tokenizer(corpus: str, vocab_size: int = TOKENIZER_VOCAB) -> "object":
     Byte-level means every possible byte is in the base alphabet, so any text can be encoded:
     there is no "unknown token". BPE then merges the most frequent pairs into longer tokens.
     """
+    # deferred: only building the cached folder trains a tokenizer; tiny_llama_path() usually just finds it
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -92,6 +93,9 @@ def train_tokenizer(corpus: str, vocab_size: int = TOKENIZER_VOCAB) -> "object":
 
 def save_tokenizer(dest: Path, max_len: int) -> tuple["object", "object"]:
     """Train the tiny tokenizer and save it into ``dest`` as a transformers tokenizer. Returns (raw, wrapped)."""
+    # deferred: heavy (transformers' tokenizer stack); a cached folder needs none of it
+    from transformers import PreTrainedTokenizerFast
+
     dest.mkdir(parents=True, exist_ok=True)
     raw = train_tokenizer(_corpus())
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=raw, bos_token=BOS, eos_token=EOS, pad_token=EOS,
@@ -103,6 +107,9 @@ def save_tokenizer(dest: Path, max_len: int) -> tuple["object", "object"]:
 
 def build_tiny_llama(dest: Path, seed: int = 0) -> Path:
     """Build the tiny Llama checkpoint into ``dest`` (weights, config, tokenizer). Deterministic."""
+    # deferred: heavy (about 3 s of imports on a 2-core machine); only a build creates a model here
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
     dest = Path(dest)
     raw, tokenizer = save_tokenizer(dest, TINY_CONFIG["max_position_embeddings"])
     vocab = -(-len(tokenizer) // 64) * 64  # round the embedding table up to a multiple of 64, as real models do
@@ -154,6 +161,9 @@ def build_twin(preset: str, dest: Path, *, device: str = "cpu", dtype: str = "bf
         dtype: the dtype the weights are saved in (``"bf16"`` as the published checkpoints).
         overrides: config entries to change (tests use a few layers of the real width).
     """
+    # deferred: heavy (about 3 s of imports on a 2-core machine); only a build creates a model here
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
     shape = preset_config(preset) | dict(overrides or {})
     dest = Path(dest)
     raw, _ = save_tokenizer(dest, shape["max_position_embeddings"])

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from smml_lib.checkpoint.sharded import EXIT_STOPPED, StopRequest
+from smml_lib.checkpoint.stop import EXIT_STOPPED, StopRequest
 from smml_lib.distributed.runtime import (
     add_common_args,
     barrier,

@@ -27,7 +27,7 @@ each rank's share into forwards of M sequences and accumulates gradients: DDP al
 last one would cost a full model's worth of memory).
 
 Checkpoints (``--checkpoint-dir D --checkpoint-every N``, ``--resume``) and the cooperative stop
-(SIGTERM/SIGUSR1, ``--notice-url URL --notice-poll-s S``) are described in ``smml_lib.checkpoint.sharded``.
+(SIGTERM/SIGUSR1, ``--notice-url URL --notice-poll-s S``) are described in ``smml_lib.checkpoint.stop``.
 On a stop the worker finishes the step, saves, writes ``stopped_early=true`` and exits 75.
 With several strategies and a checkpoint dir, each strategy uses ``D/<strategy>``.
 
@@ -57,6 +57,7 @@ import torch.nn.functional as F
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
 from smml_lib.checkpoint import sharded as ckpt
+from smml_lib.checkpoint.stop import EXIT_STOPPED, StopRequest
 from smml_lib.common.device import device_name, synchronize
 from smml_lib.distributed.batches import StepData, token_stream
 from smml_lib.distributed.runtime import (
@@ -241,7 +242,7 @@ def speed_fields(loop: Loop, run: TrainConfig, env: DistEnv) -> dict[str, Any]:
                 model_tflops_per_gpu=per_gpu, peak_tflops=peak, mfu=per_gpu / peak if peak else None)
 
 
-def result_row(loop: Loop, run: TrainConfig, env: DistEnv, stop: ckpt.StopRequest) -> dict[str, Any]:
+def result_row(loop: Loop, run: TrainConfig, env: DistEnv, stop: StopRequest) -> dict[str, Any]:
     """This rank's result: the run's shape, speed, memory, losses and checkpoints (one JSON row)."""
     ran = bool(loop.times)
     saves = loop.saves
@@ -271,7 +272,7 @@ def dump_params(loop: Loop, folder: Path, env: DistEnv) -> None:
 
 
 def run_strategy(run: TrainConfig, common: argparse.Namespace, env: DistEnv, strategy: str,
-                 stop: ckpt.StopRequest) -> dict[str, Any]:
+                 stop: StopRequest) -> dict[str, Any]:
     """Train one strategy from its start step to ``max_steps`` (or a stop request); return this rank's row."""
     loop = setup(run, env, strategy)
     memtrack.reset_peak(env.device)
@@ -299,19 +300,19 @@ def main(argv: list[str]) -> int:
     if run.precision == "auto":
         run = run.replace(precision=run.resolved_precision(env.device.type))
         print0(f"precision auto -> {run.precision} on {env.device.type}", env=env)
-    stop = ckpt.StopRequest().install_signal_handlers()
+    stop = StopRequest().install_signal_handlers()
     if run.notice_url and env.local_rank == 0:  # one poller per node; check() shares the flag with all ranks
         stop.watch_notice_url(run.notice_url, run.notice_poll_s, imdsv2=run.notice_imdsv2)
     print0(f"train worker: {env.world_size} process(es), backend {env.backend}, strategies {run.strategies}", env=env)
     for strategy in run.strategies:
         row = run_strategy(run, common, env, strategy, stop)
-        row.update(pid=os.getpid(), exit_code=ckpt.EXIT_STOPPED if row["stopped_early"] else 0)
+        row.update(pid=os.getpid(), exit_code=EXIT_STOPPED if row["stopped_early"] else 0)
         write_result(row, env, tag=f"train-{strategy}", folder=common.run_dir)
         if row["stopped_early"]:
             barrier(env)  # every rank has written its result before any exits
             print0(f"stopped early after step {row['last_step']} ({row['stop_reason']}); "
-                   f"exit code {ckpt.EXIT_STOPPED}: rerun with --resume to continue", env=env)
-            return ckpt.EXIT_STOPPED
+                   f"exit code {EXIT_STOPPED}: rerun with --resume to continue", env=env)
+            return EXIT_STOPPED
     return 0
 
 
