@@ -8,6 +8,7 @@ returns that record as a flat dict; the timing harness attaches it to each resul
 from __future__ import annotations
 
 import datetime as _dt
+import importlib.metadata
 import os
 import platform
 import subprocess
@@ -54,11 +55,9 @@ def environment(device: Any = None, dtype: Any = None) -> dict[str, Any]:
         "cpu_threads": torch.get_num_threads(),
         "host_cpus": os.cpu_count(),
     }
-    try:
-        import transformers  # deferred: optional, and heavy (1-2 s) for a version string
-
-        rec["transformers"] = transformers.__version__
-    except ImportError:
+    try:  # the installed version from its metadata: importing transformers costs 0.5-3 s for a string
+        rec["transformers"] = importlib.metadata.version("transformers")
+    except importlib.metadata.PackageNotFoundError:
         pass
     if dev.type == "cuda":
         index = dev.index if dev.index is not None else torch.cuda.current_device()
