@@ -171,11 +171,11 @@ def load_llama(model_id: str = "tiny", *, dtype: Any = "auto", device: Any = "au
     Returns:
         ``(model, tokenizer)``; the tokenizer pads on the left (right for training is up to you).
     """
-    # deferred: heavy (2-3 s of imports); callers that only resolve or check a checkpoint never need it
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     path, kind = resolve_checkpoint(model_id, token=token, revision=revision, timeout_s=timeout_s)
     check_llama_folder(path)  # a wrong folder fails here, before any weight is read
+    # deferred: heavy (2-3 s of imports); callers that only resolve or check a checkpoint never need it,
+    # and a wrong path or an offline hub fails before paying for it
+    from transformers import AutoModelForCausalLM, AutoTokenizer
     try:
         dev = resolve_device(device) if device_map is None else None
     except NoGpuError as exc:
